@@ -1,0 +1,48 @@
+# The two commands of the README:
+#   make demo   set up a virtualenv (compiled engine) and run the main demo
+#   make test   every test: compiled engine, pure engine, PyPy, typing, packaging
+PYTHON ?= python3
+PYPY ?= pypy3
+VENV := .venv
+PYPY_VENV := .venv-pypy
+SOURCES := pyproject.toml setup.py mediator/_core.pyx
+
+.PHONY: demo test test-compiled test-pure test-pypy test-typing check-packaging bench clean
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/python example/demo.py
+
+test: test-compiled test-pure test-pypy test-typing check-packaging
+
+$(VENV)/.installed: $(SOURCES)
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]' mypy build wheel cibuildwheel Cython
+	touch $@
+
+$(PYPY_VENV)/.installed: $(SOURCES)
+	@command -v $(PYPY) >/dev/null || { echo "PyPy is needed for the PyPy leg: apt-get install -y pypy3 pypy3-venv"; exit 1; }
+	$(PYPY) -m venv $(PYPY_VENV)
+	$(PYPY_VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+test-compiled: $(VENV)/.installed
+	$(VENV)/bin/python -m pytest --engine=compiled -q
+
+test-pure: $(VENV)/.installed
+	$(VENV)/bin/python -m pytest --engine=pure -q
+
+test-pypy: $(PYPY_VENV)/.installed
+	$(PYPY_VENV)/bin/python -m pytest --engine=pure -q
+
+test-typing: $(VENV)/.installed
+	$(VENV)/bin/python -m mypy mediator tests/typing
+
+check-packaging: $(VENV)/.installed
+	$(VENV)/bin/python scripts/check_packaging.py
+
+bench: $(VENV)/.installed $(PYPY_VENV)/.installed
+	$(VENV)/bin/python benchmarks/run.py --python $(VENV)/bin/python --pypy $(PYPY_VENV)/bin/python
+
+clean:
+	rm -rf $(VENV) $(PYPY_VENV) build dist *.egg-info mediator/_core.c mediator/*.so

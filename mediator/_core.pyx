@@ -1,0 +1,563 @@
+# cython: language_level=3, binding=False, embedsignature=True
+"""Compiled dispatch engine: the twin of ``_core_py.py``, same names, same behaviour.
+
+Call plans are decided at registration; a dispatch is a dict lookup, a C-level branch
+on the plan and one vectorcall of the handler, whose own coroutine is returned.
+"""
+
+cimport cython
+from cpython.contextvars cimport PyContext_CopyCurrent, PyContext_Enter, PyContext_Exit
+from cpython.ref cimport PyObject, Py_XDECREF
+
+import asyncio
+import logging
+
+from mediator._compat import ExceptionGroup, add_note, resume_in_task
+
+__all__ = [
+    "ActionSubject",
+    "ActionResult",
+    "Invoker",
+    "Route",
+    "PipelineRoute",
+    "RequestDispatcher",
+    "EventDispatcher",
+]
+
+cdef extern from *:
+    """
+    /* One step of a coroutine: 0 = it returned (*result = value), 1 = it yielded
+       (*result = the yielded value), -1 = it raised. No StopIteration is created
+       for a return on 3.10+, where PyIter_Send exists. */
+    #if PY_VERSION_HEX >= 0x030A0000
+    static int mediator_step(PyObject *coro, PyObject **result) {
+        PySendResult status = PyIter_Send(coro, Py_None, result);
+        if (status == PYGEN_RETURN) return 0;
+        if (status == PYGEN_NEXT) return 1;
+        return -1;
+    }
+    #else
+    static int mediator_step(PyObject *coro, PyObject **result) {
+        PyObject *yielded = PyObject_CallMethod(coro, "send", "O", Py_None);
+        if (yielded != NULL) { *result = yielded; return 1; }
+        if (PyErr_ExceptionMatches(PyExc_StopIteration)
+                && _PyGen_FetchStopIterationValue(result) == 0) {
+            return 0;
+        }
+        *result = NULL;
+        return -1;
+    }
+    #endif
+    """
+    int mediator_step(object coro, PyObject **result) except -1
+
+cdef extern from *:
+    """
+    /* Installs func, a METH_FASTCALL|METH_KEYWORDS C function, as a method of type:
+       it receives the caller's argument array and keyword names as they are. */
+    static int mediator_install_fastcall(PyObject *type, const char *name, void *func, const char *doc) {
+        PyMethodDef *def = (PyMethodDef *)PyMem_Calloc(1, sizeof(PyMethodDef));
+        PyObject *descr;
+        int status;
+        if (def == NULL) { PyErr_NoMemory(); return -1; }
+        def->ml_name = name;
+        def->ml_meth = (PyCFunction)(void (*)(void))func;
+        def->ml_flags = METH_FASTCALL | METH_KEYWORDS;
+        def->ml_doc = doc;
+        descr = PyDescr_NewMethod((PyTypeObject *)type, def);
+        if (descr == NULL) return -1;
+        status = PyDict_SetItemString(((PyTypeObject *)type)->tp_dict, name, descr);
+        Py_DECREF(descr);
+        PyType_Modified((PyTypeObject *)type);
+        return status;
+    }
+    """
+    int mediator_install_fastcall(object type, const char *name, void *func, const char *doc) except -1
+    object PyObject_Vectorcall(object callable, PyObject **args, size_t nargsf, PyObject *kwnames)
+    Py_ssize_t PyTuple_GET_SIZE(PyObject *tuple)
+    PyObject *PyTuple_GET_ITEM(PyObject *tuple, Py_ssize_t index)
+
+logger = logging.getLogger("mediator")
+
+# How an Invoker treats injected keyword arguments.
+cdef enum:
+    _DROP = 0
+    _FILTER = 1
+    _RENAME_FILTER = 2
+    _ALL = 3
+
+
+cdef class ActionSubject:
+    """An action on its way through a modifier stack: the subject and injected kwargs."""
+
+    cdef public object subject
+    cdef public object inject
+
+    def __init__(self, subject, inject):
+        self.subject = subject
+        self.inject = inject
+
+    @property
+    def key(self):
+        """The handler key of this action: ``type(subject)``."""
+        return type(self.subject)
+
+    def __eq__(self, other):
+        if type(other) is not type(self):
+            return NotImplemented
+        return (self.subject, self.inject) == (other.subject, other.inject)
+
+    __hash__ = None
+
+    def __repr__(self):
+        return f"ActionSubject(subject={self.subject!r}, inject={self.inject!r})"
+
+
+cdef class ActionResult:
+    """The value a handler returned, as it travels back out of a modifier stack."""
+
+    cdef public object result
+
+    def __init__(self, result):
+        self.result = result
+
+    def __eq__(self, other):
+        if type(other) is not type(self):
+            return NotImplemented
+        return self.result == other.result
+
+    __hash__ = None
+
+    def __repr__(self):
+        return f"ActionResult(result={self.result!r})"
+
+
+@cython.final
+cdef class Invoker:
+    """A handler's call plan, compiled once at registration.
+
+    ``invoker(subject, inject)`` calls ``fn`` and returns its awaitable untouched:
+    the subject goes positionally or by ``subject_name``; injected kwargs are
+    dropped, filtered to ``allow_args``, renamed through ``arg_map``, or passed whole
+    (``allow_args=None``).
+    """
+
+    cdef readonly object fn
+    cdef readonly object subject_name
+    cdef readonly object subject_param
+    cdef int _mode
+    cdef frozenset _names
+    cdef dict _renames
+    cdef tuple _pairs
+
+    def __init__(self, fn, subject_name=None, arg_map=None, allow_args=None, subject_param=None):
+        self.fn = fn
+        self.subject_name = subject_name or None
+        # The subject's parameter is filled by the subject, never by injection.
+        self.subject_param = subject_param or self.subject_name
+        self._renames = dict(arg_map or {})
+        self._names = frozenset()
+        self._pairs = ()
+        if allow_args is None:
+            self._mode = _ALL
+            return
+        self._names = frozenset(allow_args) - {self.subject_param}
+        if not self._names:
+            self._mode = _DROP
+        elif self._renames:
+            self._mode = _RENAME_FILTER
+            self._pairs = _rename_pairs(self._renames, self._names)
+        else:
+            self._mode = _FILTER
+
+    def __call__(self, subject, dict inject):
+        return self.call(subject, inject)
+
+    cdef object call(self, object subject, dict inject):
+        cdef dict kwargs = None
+        cdef object name
+        if self._mode == _DROP or not inject:
+            pass
+        elif self._mode == _FILTER:
+            kwargs = inject
+            for name in inject:
+                if name not in self._names:
+                    kwargs = {k: v for k, v in inject.items() if k in self._names}
+                    break
+        elif self._mode == _RENAME_FILTER:
+            kwargs = {}
+            for name, param in self._pairs:
+                if name in inject:
+                    kwargs[param] = inject[name]
+        else:
+            if self._renames:
+                kwargs = {self._renames.get(k, k): v for k, v in inject.items()}
+            else:
+                kwargs = inject
+            if self.subject_param in kwargs:
+                kwargs = {k: v for k, v in kwargs.items() if k != self.subject_param}
+        if self.subject_name is None:
+            if kwargs:
+                return self.fn(subject, **kwargs)
+            return self.fn(subject)
+        if kwargs:
+            kwargs = dict(kwargs)
+            kwargs[self.subject_name] = subject
+            return self.fn(**kwargs)
+        return self.fn(**{self.subject_name: subject})
+
+    async def action(self, ActionSubject action):
+        """Call through the modifier interface: ``ActionSubject`` in, ``ActionResult`` out."""
+        return ActionResult(await self.call(action.subject, action.inject))
+
+
+def _rename_pairs(dict renames, frozenset names):
+    """(injected name, parameter name) for every injected name that reaches a parameter."""
+    pairs = [(name, name) for name in sorted(names) if name not in renames]
+    pairs += [(src, dst) for src, dst in renames.items() if dst in names]
+    return tuple(pairs)
+
+
+cdef class _BaseRoute:
+    """What the dispatchers call: ``invoke(subject, inject)`` -> awaitable result.
+
+    ``_direct`` is the handler function when ``_direct(subject)`` is the whole call
+    for an empty ``inject`` (or any ``inject``, if ``_ignores_inject``): the
+    dispatchers then skip the plan altogether.
+    """
+
+    cdef readonly object handler
+    cdef object _direct
+    cdef bint _ignores_inject
+    cdef frozenset _kw_names  # injected names _direct takes as they are (None: see _kw_all)
+    cdef bint _kw_all  # _direct takes any injected name as it is, but _kw_exclude
+    cdef object _kw_exclude
+
+    cdef bint _takes_as_is(self, PyObject *kwnames):
+        """Whether ``_direct(subject, **kwargs)`` with these names is the whole call."""
+        cdef Py_ssize_t index
+        cdef object exclude
+        if self._kw_all:
+            exclude = self._kw_exclude
+            for index in range(PyTuple_GET_SIZE(kwnames)):
+                if <object>PyTuple_GET_ITEM(kwnames, index) == exclude:
+                    return False
+            return True
+        if self._kw_names is None:
+            return False
+        for index in range(PyTuple_GET_SIZE(kwnames)):
+            if <object>PyTuple_GET_ITEM(kwnames, index) not in self._kw_names:
+                return False
+        return True
+
+    cdef object _invoke(self, object subject, dict inject):
+        raise NotImplementedError
+
+    def invoke(self, subject, dict inject):
+        """Start the handler; returns an awaitable of its result."""
+        return self._invoke(subject, inject)
+
+
+@cython.final
+cdef class Route(_BaseRoute):
+    """A registered handler ready to dispatch: its invoker inside synchronous hooks.
+
+    Hook layers are given outermost first as three aligned tuples (``None`` where a
+    layer has no such stage). Befores run in order, then the handler; afters (which
+    may replace the result) and error hooks unwind in reverse, exactly as nested
+    ``try`` blocks would, but as one C loop with no coroutine per layer.
+    """
+
+    cdef readonly Invoker invoker
+    cdef tuple _befores
+    cdef tuple _afters
+    cdef tuple _errors
+    cdef bint _wraps
+
+    def __init__(self, handler, Invoker invoker, tuple befores=(), tuple afters=(), tuple errors=()):
+        self.handler = handler
+        self.invoker = invoker
+        self._befores = self._afters = self._errors = ()
+        if befores or afters or errors:
+            if len({len(stage) for stage in (befores, afters, errors) if stage}) > 1:
+                raise ValueError("hook stages must be aligned: one entry per layer in each")
+            self._befores = befores if any(befores) else ()
+            self._afters = afters
+            self._errors = errors
+            self._wraps = any(afters) or any(errors)
+        if not self._befores and not self._wraps and invoker.subject_name is None:
+            self._direct = invoker.fn
+            self._ignores_inject = invoker._mode == _DROP
+            if invoker._mode == _FILTER:
+                self._kw_names = invoker._names
+            self._kw_all = invoker._mode == _ALL and not invoker._renames
+            self._kw_exclude = invoker.subject_param
+
+    cdef object _invoke(self, object subject, dict inject):
+        if self._befores:
+            self._enter(subject, inject)
+        if self._wraps:
+            try:
+                awaitable = self.invoker.call(subject, inject)
+            except Exception as error:  # e.g. it binds badly: the hooks that ran see it
+                return self._unwind(len(self._errors), subject, None, error)
+            return self._finish(awaitable, subject)
+        return self.invoker.call(subject, inject)
+
+    async def action(self, ActionSubject action):
+        """This route as the innermost call of a modifier stack."""
+        return ActionResult(await self._invoke(action.subject, action.inject))
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef int _enter(self, object subject, dict inject) except -1:
+        cdef Py_ssize_t depth = 0
+        cdef Py_ssize_t count = len(self._befores)
+        try:
+            while depth < count:
+                before = self._befores[depth]
+                if before is not None:
+                    before(subject, inject)
+                depth += 1
+        except Exception as error:
+            self._unwind(depth, subject, None, error)
+        return 0
+
+    async def _finish(self, awaitable, subject):
+        try:
+            result = await awaitable
+        except Exception as error:
+            return self._unwind(len(self._errors), subject, None, error)
+        return self._unwind(len(self._afters), subject, result, None)
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef object _unwind(self, Py_ssize_t depth, object subject, object result, object error):
+        """Run after/error stages of layers ``depth-1 .. 0``; return or raise the outcome."""
+        while depth > 0:
+            try:
+                while depth > 0:
+                    depth -= 1
+                    if error is None:
+                        hook = self._afters[depth]
+                        if hook is not None:
+                            result = hook(subject, result)
+                    else:
+                        hook = self._errors[depth]
+                        if hook is not None:
+                            hook(subject, error)
+            except Exception as raised:
+                if raised is not error and raised.__context__ is None:
+                    raised.__context__ = error
+                error = raised
+        if error is not None:
+            raise error
+        return result
+
+
+@cython.final
+cdef class PipelineRoute(_BaseRoute):
+    """A registered handler behind a ``ModifierFactory`` stack (the general path)."""
+
+    cdef readonly object pipeline
+
+    def __init__(self, handler, pipeline):
+        self.handler = handler
+        self.pipeline = pipeline
+
+    cdef object _invoke(self, object subject, dict inject):
+        return _unwrap(self, self.pipeline(ActionSubject(subject, inject)))
+
+
+async def _unwrap(PipelineRoute route, awaitable):
+    result = await awaitable
+    if not isinstance(result, ActionResult):
+        raise TypeError(
+            f"the modifier stack of {route.handler!r} returned {result!r}: "
+            f"a modifier must return an ActionResult"
+        )
+    return (<ActionResult>result).result
+
+
+async def _raise(error):
+    raise error
+
+
+cdef class RequestDispatcher:
+    """Engine base of ``LocalRequestBus``: one route per request class."""
+
+    cdef readonly dict _routes
+
+    def __cinit__(self, *args, **kwargs):
+        self._routes = {}
+
+    def __init__(self):
+        pass
+
+    def _route_set(self, key, _BaseRoute route):
+        self._routes[key] = route
+
+    def _missing(self, obj):
+        return LookupError(f"no handler for {type(obj)!r}")
+
+
+cdef object _execute(object self, PyObject **args, Py_ssize_t nargs, PyObject *kwnames):
+    """RequestDispatcher.execute(obj, **inject): a METH_FASTCALL|METH_KEYWORDS method.
+
+    When the route's plan allows, the caller's own argument array and keyword names go
+    straight to the handler's vectorcall: no dict, no tuple, no wrapper.
+    """
+    cdef _BaseRoute route
+    cdef Py_ssize_t index
+    cdef dict inject
+    if nargs != 1:
+        raise TypeError(f"execute() takes the request as its one positional argument ({nargs} given)")
+    obj = <object>args[0]
+    found = (<RequestDispatcher>self)._routes.get(type(obj))
+    if found is None:
+        return _raise(self._missing(obj))
+    route = <_BaseRoute>found
+    try:
+        if route._direct is not None:
+            if kwnames == NULL or route._ignores_inject:
+                return PyObject_Vectorcall(route._direct, args, 1, NULL)
+            if route._takes_as_is(kwnames):
+                return PyObject_Vectorcall(route._direct, args, 1, kwnames)
+        inject = {}
+        if kwnames != NULL:
+            for index in range(PyTuple_GET_SIZE(kwnames)):
+                inject[<object>PyTuple_GET_ITEM(kwnames, index)] = <object>args[index + 1]
+        return route._invoke(obj, inject)
+    except Exception as error:  # raise at await time, as an async call would
+        return _raise(error)
+
+
+mediator_install_fastcall(
+    RequestDispatcher,
+    b"execute",
+    <void *>_execute,
+    b"execute(obj, **inject)\n--\n\nDispatch ``obj`` to its handler; returns an awaitable of the result.",
+)
+
+
+cdef class EventDispatcher:
+    """Engine base of ``LocalEventBus``: a flat tuple of routes per event class."""
+
+    cdef readonly dict _groups
+    cdef readonly dict _tasks
+    cdef public bint sync_mode
+
+    def __cinit__(self, *args, **kwargs):
+        self._groups = {}
+        self._tasks = {}
+
+    def __init__(self, sync_mode=False):
+        self.sync_mode = sync_mode
+
+    def _group_add(self, key, _BaseRoute route):
+        self._groups[key] = self._groups.get(key, ()) + (route,)
+
+    async def publish(self, obj, **inject):
+        """Run every handler of ``type(obj)``: in the background, or awaited in sync mode."""
+        cdef tuple group = self._groups.get(type(obj))
+        cdef PyObject *step_result
+        cdef int status
+        cdef list errors = None
+        cdef list pending = None
+        if group is None:
+            return
+        if not self.sync_mode:
+            self._spawn(group, obj, inject)
+            return
+        for route in group:
+            # Each handler runs in its own copy of the publisher's context, as a task would.
+            context = PyContext_CopyCurrent()
+            PyContext_Enter(context)
+            try:
+                if (<_BaseRoute>route)._direct is not None and (not inject or (<_BaseRoute>route)._ignores_inject):
+                    coroutine = (<_BaseRoute>route)._direct(obj)
+                else:  # its modifiers may change inject: the next handler gets it unchanged
+                    coroutine = (<_BaseRoute>route)._invoke(obj, dict(inject))
+                step_result = NULL
+                status = mediator_step(coroutine, &step_result)
+            except Exception as error:
+                errors = _failed(errors, error, obj, route)
+                continue
+            finally:
+                PyContext_Exit(context)
+            if status == 0:
+                Py_XDECREF(step_result)
+                continue
+            # It suspended: a task carries it on from where it stopped.
+            yielded = <object>step_result
+            Py_XDECREF(step_result)
+            if pending is None:
+                pending = []
+            pending.append((resume_in_task(coroutine, yielded, context), route))
+        if pending is not None:
+            errors = await _collect(self, pending, obj, errors)
+        if errors is not None:
+            raise ExceptionGroup(
+                f"{len(errors)} handler(s) of {type(obj).__name__} failed", [error for error, _ in errors]
+            )
+
+    cdef _spawn(self, tuple group, object obj, dict inject):
+        create_task = asyncio.get_running_loop().create_task
+        done = self._task_done
+        for route in group:
+            try:
+                if (<_BaseRoute>route)._direct is not None and (not inject or (<_BaseRoute>route)._ignores_inject):
+                    task = create_task((<_BaseRoute>route)._direct(obj))
+                else:
+                    task = create_task((<_BaseRoute>route)._invoke(obj, dict(inject)))
+            except Exception as error:
+                self._handler_failed(error, obj, route)
+                continue
+            self._tasks[task] = (obj, route)
+            task.add_done_callback(done)
+
+    def _task_done(self, task):
+        obj, route = self._tasks.pop(task)
+        if not task.cancelled():
+            error = task.exception()
+            if error is not None:
+                self._handler_failed(error, obj, route)
+
+    def _handler_failed(self, error, obj, route):
+        logger.error(
+            "event handler %r failed on %r", route.handler, obj, exc_info=(type(error), error, error.__traceback__)
+        )
+
+
+async def _collect(EventDispatcher dispatcher, list pending, obj, list errors):
+    """Await the suspended handlers of one publish.
+
+    If the publish is cancelled, its handlers are cancelled too, and nothing is lost:
+    failures already seen, and any still to come, go to the bus's failure report.
+    """
+    cdef Py_ssize_t waited = 0
+    try:
+        for task, route in pending:
+            try:
+                await task
+            except Exception as error:
+                errors = _failed(errors, error, obj, route)
+            waited += 1
+    except BaseException:
+        for failure, route in errors or ():
+            dispatcher._handler_failed(failure, obj, route)
+        for task, route in pending[waited:]:
+            dispatcher._tasks[task] = (obj, route)
+            task.add_done_callback(dispatcher._task_done)
+            task.cancel()
+        raise
+    return errors
+
+
+cdef list _failed(list errors, error, obj, route):
+    """Record a handler's failure, with a note naming the handler and the event."""
+    add_note(error, f"raised by event handler {route.handler!r} for {obj!r}")
+    if errors is None:
+        errors = []
+    errors.append((error, route))
+    return errors

@@ -1,0 +1,417 @@
+"""Pure-Python dispatch engine: the twin of ``_core.pyx``, same names, same behaviour.
+
+Everything here runs per dispatch, so it is written for the hot path: call plans are
+decided at registration (``Invoker``, ``Route``) and a dispatch is a dict lookup plus
+the handler call. ``mediator._engine`` picks this module or the compiled one.
+"""
+
+import asyncio
+import logging
+from contextvars import copy_context
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
+
+from mediator._compat import ExceptionGroup, add_note, resume_in_task
+
+__all__ = [
+    "ActionSubject",
+    "ActionResult",
+    "Invoker",
+    "Route",
+    "PipelineRoute",
+    "RequestDispatcher",
+    "EventDispatcher",
+]
+
+logger = logging.getLogger("mediator")
+
+# How an Invoker treats injected keyword arguments.
+_DROP = 0  # the handler takes none: ignore them
+_FILTER = 1  # keep those named in a precomputed set
+_RENAME_FILTER = 2  # rename through arg_map, then keep the known names
+_ALL = 3  # pass them all (after renaming): **kwargs handlers and arg_strict
+
+
+class ActionSubject:
+    """An action on its way through a modifier stack: the subject and injected kwargs."""
+
+    __slots__ = ("subject", "inject")
+
+    def __init__(self, subject: Any, inject: Dict[str, Any]) -> None:
+        self.subject = subject
+        self.inject = inject
+
+    @property
+    def key(self) -> type:
+        """The handler key of this action: ``type(subject)``."""
+        return type(self.subject)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return (self.subject, self.inject) == (other.subject, other.inject)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the 0.7 dataclass
+
+    def __repr__(self) -> str:
+        return f"ActionSubject(subject={self.subject!r}, inject={self.inject!r})"
+
+
+class ActionResult:
+    """The value a handler returned, as it travels back out of a modifier stack."""
+
+    __slots__ = ("result",)
+
+    def __init__(self, result: Any) -> None:
+        self.result = result
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self.result == other.result
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"ActionResult(result={self.result!r})"
+
+
+class Invoker:
+    """A handler's call plan, compiled once at registration.
+
+    ``invoker(subject, inject)`` calls ``fn`` and returns its awaitable untouched:
+    the subject goes positionally or by ``subject_name``; injected kwargs are
+    dropped, filtered to ``allow_args``, renamed through ``arg_map``, or passed whole
+    (``allow_args=None``).
+    """
+
+    __slots__ = ("fn", "subject_name", "subject_param", "_mode", "_names", "_renames", "_pairs")
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        subject_name: Optional[str] = None,
+        arg_map: Optional[Dict[str, str]] = None,
+        allow_args: Optional[Iterable[str]] = None,
+        subject_param: Optional[str] = None,
+    ) -> None:
+        self.fn = fn
+        self.subject_name = subject_name or None
+        # The subject's parameter is filled by the subject, never by injection.
+        self.subject_param = subject_param or self.subject_name
+        self._renames = dict(arg_map or {})
+        self._names: frozenset = frozenset()
+        self._pairs: Tuple[Tuple[str, str], ...] = ()
+        if allow_args is None:
+            self._mode = _ALL
+            return
+        self._names = frozenset(allow_args) - {self.subject_param}
+        if not self._names:
+            self._mode = _DROP
+        elif self._renames:
+            self._mode = _RENAME_FILTER
+            self._pairs = _rename_pairs(self._renames, self._names)
+        else:
+            self._mode = _FILTER
+
+    def __call__(self, subject: Any, inject: Dict[str, Any]) -> Any:
+        mode = self._mode
+        if mode == _DROP or not inject:
+            kwargs = None
+        elif mode == _FILTER:
+            kwargs = inject
+            names = self._names
+            for name in inject:
+                if name not in names:
+                    kwargs = {k: v for k, v in inject.items() if k in names}
+                    break
+        elif mode == _RENAME_FILTER:
+            kwargs = {param: inject[src] for src, param in self._pairs if src in inject}
+        else:
+            renames = self._renames
+            kwargs = {renames.get(k, k): v for k, v in inject.items()} if renames else inject
+            if self.subject_param in kwargs:
+                kwargs = {k: v for k, v in kwargs.items() if k != self.subject_param}
+        if self.subject_name is None:
+            return self.fn(subject, **kwargs) if kwargs else self.fn(subject)
+        if kwargs:
+            kwargs = dict(kwargs)
+            kwargs[self.subject_name] = subject
+            return self.fn(**kwargs)
+        return self.fn(**{self.subject_name: subject})
+
+    async def action(self, action: ActionSubject) -> ActionResult:
+        """Call through the modifier interface: ``ActionSubject`` in, ``ActionResult`` out."""
+        return ActionResult(await self(action.subject, action.inject))
+
+
+def _rename_pairs(renames: Dict[str, str], names: frozenset) -> Tuple[Tuple[str, str], ...]:
+    """(injected name, parameter name) for every injected name that reaches a parameter."""
+    pairs = [(name, name) for name in sorted(names) if name not in renames]
+    pairs += [(src, dst) for src, dst in renames.items() if dst in names]
+    return tuple(pairs)
+
+
+class Route:
+    """A registered handler ready to dispatch: its invoker inside synchronous hooks.
+
+    Hook layers are given outermost first as three aligned tuples (``None`` where a
+    layer has no such stage). Befores run in order, then the handler; afters (which
+    may replace the result) and error hooks unwind in reverse, exactly as nested
+    ``try`` blocks would, but as one loop with no coroutine per layer.
+    """
+
+    __slots__ = (
+        "handler", "invoker", "_befores", "_afters", "_errors", "_wraps",
+        "_direct", "_ignores_inject", "_kw_names", "_kw_all",
+    )
+
+    def __init__(
+        self,
+        handler: Any,
+        invoker: Invoker,
+        befores: Tuple[Optional[Callable[..., Any]], ...] = (),
+        afters: Tuple[Optional[Callable[..., Any]], ...] = (),
+        errors: Tuple[Optional[Callable[..., Any]], ...] = (),
+    ) -> None:
+        _check_layers(befores, afters, errors)
+        self.handler = handler
+        self.invoker = invoker
+        self._befores = befores if any(befores) else ()
+        self._afters = afters
+        self._errors = errors
+        self._wraps = any(afters) or any(errors)
+        # The handler function itself, when fn(subject) is the whole call (see execute).
+        direct = not self._befores and not self._wraps and invoker.subject_name is None
+        self._direct = invoker.fn if direct else None
+        self._ignores_inject = direct and invoker._mode == _DROP
+        # Injected names _direct takes as they are: a set, or all of them (_kw_all).
+        self._kw_names = invoker._names if direct and invoker._mode == _FILTER else None
+        self._kw_all = direct and invoker._mode == _ALL and not invoker._renames
+
+    def invoke(self, subject: Any, inject: Dict[str, Any]) -> Any:
+        """Start the handler; returns an awaitable of its (hook-processed) result."""
+        if self._befores:
+            self._enter(subject, inject)
+        if self._wraps:
+            try:
+                awaitable = self.invoker(subject, inject)
+            except Exception as error:  # e.g. it binds badly: the hooks that ran see it
+                return self._unwind(len(self._errors), subject, None, error)
+            return self._finish(awaitable, subject)
+        return self.invoker(subject, inject)
+
+    async def action(self, action: ActionSubject) -> ActionResult:
+        """This route as the innermost call of a modifier stack."""
+        return ActionResult(await self.invoke(action.subject, action.inject))
+
+    def _enter(self, subject: Any, inject: Dict[str, Any]) -> None:
+        for depth, before in enumerate(self._befores):
+            if before is None:
+                continue
+            try:
+                before(subject, inject)
+            except Exception as error:
+                self._unwind(depth, subject, None, error)
+
+    async def _finish(self, awaitable: Any, subject: Any) -> Any:
+        try:
+            result = await awaitable
+        except Exception as error:
+            return self._unwind(len(self._errors), subject, None, error)
+        return self._unwind(len(self._afters), subject, result, None)
+
+    def _unwind(self, depth: int, subject: Any, result: Any, error: Optional[Exception]) -> Any:
+        """Run after/error stages of layers ``depth-1 .. 0``; return or raise the outcome."""
+        afters, errors = self._afters, self._errors
+        for index in range(depth - 1, -1, -1):
+            hook = afters[index] if error is None else errors[index]
+            if hook is None:
+                continue
+            try:
+                if error is None:
+                    result = hook(subject, result)
+                else:
+                    hook(subject, error)
+            except Exception as raised:
+                if raised is not error and raised.__context__ is None:
+                    raised.__context__ = error
+                error = raised
+        if error is not None:
+            raise error
+        return result
+
+
+def _check_layers(*stages: Tuple[Any, ...]) -> None:
+    if len({len(stage) for stage in stages if stage}) > 1:
+        raise ValueError("hook stages must be aligned: one entry per layer in each")
+
+
+class PipelineRoute:
+    """A registered handler behind a ``ModifierFactory`` stack (the general path)."""
+
+    __slots__ = ("handler", "pipeline")
+    _direct = None
+    _ignores_inject = False
+    _kw_names = None
+    _kw_all = False
+
+    def __init__(self, handler: Any, pipeline: Callable[[ActionSubject], Any]) -> None:
+        self.handler = handler
+        self.pipeline = pipeline
+
+    def invoke(self, subject: Any, inject: Dict[str, Any]) -> Any:
+        """Run the stack; returns a coroutine of the unwrapped result."""
+        return _unwrap(self, self.pipeline(ActionSubject(subject, inject)))
+
+
+async def _unwrap(route: PipelineRoute, awaitable: Any) -> Any:
+    result = await awaitable
+    if not isinstance(result, ActionResult):
+        raise TypeError(
+            f"the modifier stack of {route.handler!r} returned {result!r}: "
+            f"a modifier must return an ActionResult"
+        )
+    return result.result
+
+
+async def _raise(error: BaseException) -> Any:
+    raise error
+
+
+class RequestDispatcher:
+    """Engine base of ``LocalRequestBus``: one route per request class."""
+
+    def __init__(self) -> None:
+        self._routes: Dict[Any, Any] = {}
+
+    def execute(self, obj: Any, **inject: Any) -> Any:
+        """Dispatch ``obj`` to its handler; returns an awaitable of the result."""
+        route = self._routes.get(type(obj))
+        if route is None:
+            return _raise(self._missing(obj))
+        try:
+            direct = route._direct
+            if direct is not None:
+                if not inject or route._ignores_inject:
+                    return direct(obj)
+                if (route._kw_names is not None and inject.keys() <= route._kw_names) or (
+                    route._kw_all and route.invoker.subject_param not in inject
+                ):
+                    return direct(obj, **inject)
+            return route.invoke(obj, inject)
+        except Exception as error:  # raise at await time, as an async call would
+            return _raise(error)
+
+    def _route_set(self, key: Any, route: Any) -> None:
+        self._routes[key] = route
+
+    def _missing(self, obj: Any) -> BaseException:
+        return LookupError(f"no handler for {type(obj)!r}")
+
+
+class EventDispatcher:
+    """Engine base of ``LocalEventBus``: a flat tuple of routes per event class."""
+
+    def __init__(self, sync_mode: bool = False) -> None:
+        self._groups: Dict[Any, Tuple[Any, ...]] = {}
+        self._tasks: Dict[Any, Tuple[Any, Any]] = {}
+        self.sync_mode = sync_mode
+
+    def _group_add(self, key: Any, route: Any) -> None:
+        self._groups[key] = self._groups.get(key, ()) + (route,)
+
+    async def publish(self, obj: Any, **inject: Any) -> None:
+        """Run every handler of ``type(obj)``: in the background, or awaited in sync mode."""
+        group = self._groups.get(type(obj))
+        if group is None:
+            return
+        if not self.sync_mode:
+            self._spawn(group, obj, inject)
+            return
+        errors = None
+        pending = None
+        for route in group:
+            # Each handler runs in its own copy of the publisher's context, as a task would.
+            context = copy_context()
+            try:
+                if route._direct is not None and (not inject or route._ignores_inject):
+                    coroutine = route._direct(obj)
+                else:  # its modifiers may change inject: the next handler gets it unchanged
+                    coroutine = context.run(route.invoke, obj, dict(inject))
+                yielded = context.run(coroutine.send, None)
+            except StopIteration:
+                continue
+            except Exception as error:
+                errors = _failed(errors, error, obj, route)
+                continue
+            # It suspended: a task carries it on from where it stopped.
+            if pending is None:
+                pending = []
+            pending.append((resume_in_task(coroutine, yielded, context), route))
+        if pending is not None:
+            errors = await _collect(self, pending, obj, errors)
+        if errors is not None:
+            raise ExceptionGroup(
+                f"{len(errors)} handler(s) of {type(obj).__name__} failed", [error for error, _ in errors]
+            )
+
+    def _spawn(self, group: Tuple[Any, ...], obj: Any, inject: Dict[str, Any]) -> None:
+        create_task = asyncio.get_running_loop().create_task
+        tasks = self._tasks
+        for route in group:
+            try:
+                if route._direct is not None and (not inject or route._ignores_inject):
+                    task = create_task(route._direct(obj))
+                else:
+                    task = create_task(route.invoke(obj, dict(inject)))
+            except Exception as error:
+                self._handler_failed(error, obj, route)
+                continue
+            tasks[task] = (obj, route)
+            task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: "asyncio.Task[Any]") -> None:
+        obj, route = self._tasks.pop(task)
+        if not task.cancelled():
+            error = task.exception()
+            if error is not None:
+                self._handler_failed(error, obj, route)
+
+    def _handler_failed(self, error: BaseException, obj: Any, route: Any) -> None:
+        logger.error(
+            "event handler %r failed on %r", route.handler, obj, exc_info=(type(error), error, error.__traceback__)
+        )
+
+
+async def _collect(dispatcher: EventDispatcher, pending: list, obj: Any, errors: Optional[list]) -> Optional[list]:
+    """Await the suspended handlers of one publish.
+
+    If the publish is cancelled, its handlers are cancelled too, and nothing is lost:
+    failures already seen, and any still to come, go to the bus's failure report.
+    """
+    waited = 0
+    try:
+        for task, route in pending:
+            try:
+                await task
+            except Exception as error:
+                errors = _failed(errors, error, obj, route)
+            waited += 1
+    except BaseException:
+        for failure, route in errors or ():
+            dispatcher._handler_failed(failure, obj, route)
+        for task, route in pending[waited:]:
+            dispatcher._tasks[task] = (obj, route)
+            task.add_done_callback(dispatcher._task_done)
+            task.cancel()
+        raise
+    return errors
+
+
+def _failed(errors: Optional[list], error: Exception, obj: Any, route: Any) -> list:
+    """Record a handler's failure, with a note naming the handler and the event."""
+    add_note(error, f"raised by event handler {route.handler!r} for {obj!r}")
+    if errors is None:
+        errors = []
+    errors.append((error, route))
+    return errors
