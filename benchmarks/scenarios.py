@@ -68,8 +68,8 @@ async def compare(baseline: Loop, scenario: Loop, iterations: int, rounds: int) 
 # -- requests ------------------------------------------------------------------------
 
 
-async def bench_request(n: int, rounds: int) -> Dict[str, float]:
-    bus = LocalRequestBus()
+async def _execute_vs_direct(bus: LocalRequestBus, n: int, rounds: int) -> Dict[str, float]:
+    """``await bus.execute(command)`` (``handle`` registered) vs ``await handle(command)``."""
     bus.register(handle)
     command = Command()
 
@@ -83,6 +83,10 @@ async def bench_request(n: int, rounds: int) -> Dict[str, float]:
             await execute(command)
 
     return await compare(direct, via_bus, n, rounds)
+
+
+async def bench_request(n: int, rounds: int) -> Dict[str, float]:
+    return await _execute_vs_direct(LocalRequestBus(), n, rounds)
 
 
 async def bench_request_inject(n: int, rounds: int) -> Dict[str, float]:
@@ -153,29 +157,12 @@ async def bench_request_3mod(n: int, rounds: int) -> Dict[str, float]:
     return await compare(nested, via_bus, n, rounds)
 
 
-async def _bench_hooks(hooks: List[Hook], n: int, rounds: int) -> Dict[str, float]:
-    bus = LocalRequestBus(modifiers=hooks)
-    bus.register(handle)
-    command = Command()
-
-    async def direct(k: int) -> None:
-        for _ in range(k):
-            await handle(command)
-
-    async def via_bus(k: int) -> None:
-        execute = bus.execute
-        for _ in range(k):
-            await execute(command)
-
-    return await compare(direct, via_bus, n, rounds)
-
-
 async def bench_request_3hooks(n: int, rounds: int) -> Dict[str, float]:
-    return await _bench_hooks([Observe(), Observe(), Observe()], n, rounds)
+    return await _execute_vs_direct(LocalRequestBus(modifiers=[Observe(), Observe(), Observe()]), n, rounds)
 
 
 async def bench_request_3hooks_before(n: int, rounds: int) -> Dict[str, float]:
-    return await _bench_hooks([Check(), Check(), Check()], n, rounds)
+    return await _execute_vs_direct(LocalRequestBus(modifiers=[Check(), Check(), Check()]), n, rounds)
 
 
 # -- events --------------------------------------------------------------------------

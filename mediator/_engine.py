@@ -13,44 +13,24 @@ if platform.python_implementation() != "CPython":
     NO_EXTENSIONS = True
 
 if TYPE_CHECKING:  # type checkers read the typed pure twin
-    from mediator._core_py import (
-        ActionResult,
-        ActionSubject,
-        EventDispatcher,
-        Invoker,
-        PipelineRoute,
-        RequestDispatcher,
-        Route,
-    )
-
-    COMPILED = False
+    from mediator import _core_py as _impl
 else:
     try:
         if NO_EXTENSIONS:
             raise ImportError("pure engine requested")
-        from mediator._core import (
-            ActionResult,
-            ActionSubject,
-            EventDispatcher,
-            Invoker,
-            PipelineRoute,
-            RequestDispatcher,
-            Route,
-        )
-
-        COMPILED = True
+        from mediator import _core as _impl
     except ImportError:
-        from mediator._core_py import (
-            ActionResult,
-            ActionSubject,
-            EventDispatcher,
-            Invoker,
-            PipelineRoute,
-            RequestDispatcher,
-            Route,
-        )
+        from mediator import _core_py as _impl
 
-        COMPILED = False
+COMPILED: bool = _impl.__name__ == "mediator._core"
+
+ActionResult = _impl.ActionResult
+ActionSubject = _impl.ActionSubject
+EventDispatcher = _impl.EventDispatcher
+Invoker = _impl.Invoker
+PipelineRoute = _impl.PipelineRoute
+RequestDispatcher = _impl.RequestDispatcher
+Route = _impl.Route
 
 __all__ = [
     "COMPILED",
