@@ -162,7 +162,7 @@ class Route:
 
     __slots__ = (
         "handler", "invoker", "_befores", "_afters", "_errors", "_wraps",
-        "_direct", "_ignores_inject", "_kw_names", "_kw_all",
+        "_direct", "_ignores_inject", "_kw_names", "_kw_all", "_kw_exclude",
     )
 
     def __init__(
@@ -187,6 +187,7 @@ class Route:
         # Injected names _direct takes as they are: a set, or all of them (_kw_all).
         self._kw_names = invoker._names if direct and invoker._mode == _FILTER else None
         self._kw_all = direct and invoker._mode == _ALL and not invoker._renames
+        self._kw_exclude = invoker.subject_param
 
     def invoke(self, subject: Any, inject: Dict[str, Any]) -> Any:
         """Start the handler; returns an awaitable of its (hook-processed) result."""
@@ -254,6 +255,7 @@ class PipelineRoute:
     _ignores_inject = False
     _kw_names = None
     _kw_all = False
+    _kw_exclude = None
 
     def __init__(self, handler: Any, pipeline: Callable[[ActionSubject], Any]) -> None:
         self.handler = handler
@@ -295,7 +297,7 @@ class RequestDispatcher:
                 if not inject or route._ignores_inject:
                     return direct(obj)
                 if (route._kw_names is not None and inject.keys() <= route._kw_names) or (
-                    route._kw_all and route.invoker.subject_param not in inject
+                    route._kw_all and route._kw_exclude not in inject
                 ):
                     return direct(obj, **inject)
             return route.invoke(obj, inject)
