@@ -12,7 +12,8 @@ from cpython.ref cimport PyObject, Py_XDECREF
 import asyncio
 import logging
 
-from mediator._compat import ExceptionGroup, add_note, resume_in_task
+from mediator._compat import add_note, resume_in_task
+from mediator.errors import handler_errors
 
 __all__ = [
     "ActionSubject",
@@ -22,6 +23,7 @@ __all__ = [
     "PipelineRoute",
     "RequestDispatcher",
     "EventDispatcher",
+    "log_handler_error",
 ]
 
 cdef extern from *:
@@ -440,68 +442,147 @@ mediator_install_fastcall(
 )
 
 
+# Publish strategies the engine runs itself (see mediator.event.strategies).
+cdef enum:
+    _BACKGROUND = 0
+    _CONCURRENT = 1
+    _SEQUENTIAL = 2
+    _CUSTOM = 3
+
+
 cdef class EventDispatcher:
-    """Engine base of ``LocalEventBus``: a flat tuple of routes per event class."""
+    """Engine base of ``LocalEventBus``: a flat tuple of routes per event class.
+
+    Background runs are supervised here: kept referenced in ``_tasks`` until done,
+    their failures sent to ``_on_error``, their count bounded by ``_max_pending``.
+    """
 
     cdef readonly dict _groups
     cdef readonly dict _tasks
-    cdef public bint sync_mode
+    cdef public int _kind
+    cdef public object _strategy  # the strategy object when _kind is _CUSTOM
+    cdef public object _on_error
+    cdef public Py_ssize_t _max_pending  # 0: unbounded
+    cdef public bint _closed
+    cdef public object _idle  # a future drain() waits on, resolved when _tasks empties
+    cdef list _slot_waiters  # futures of publishes waiting for room under _max_pending
 
     def __cinit__(self, *args, **kwargs):
         self._groups = {}
         self._tasks = {}
+        self._slot_waiters = []
 
     def __init__(self, sync_mode=False):
-        self.sync_mode = sync_mode
+        self._kind = _CONCURRENT if sync_mode else _BACKGROUND
+
+    @property
+    def sync_mode(self):
+        """Whether ``publish`` awaits its handlers (the ``concurrent`` strategy)."""
+        return self._kind == _CONCURRENT
+
+    @sync_mode.setter
+    def sync_mode(self, value):
+        self._kind = _CONCURRENT if value else _BACKGROUND
 
     def _group_add(self, key, _BaseRoute route):
         self._groups[key] = self._groups.get(key, ()) + (route,)
 
     async def publish(self, obj, **inject):
-        """Run every handler of ``type(obj)``: in the background, or awaited in sync mode."""
-        cdef tuple group = self._groups.get(type(obj))
+        """Run every handler of ``type(obj)`` with the bus's strategy (or ``strategy=``)."""
         cdef PyObject *step_result
         cdef int status
+        cdef int kind = self._kind
         cdef list errors = None
         cdef list pending = None
+        if self._closed:
+            raise self._closed_error(obj)
+        strategy = self._strategy
+        if inject and "strategy" in inject:
+            kind, strategy = self._strategy_for(inject.pop("strategy"))
+        cdef tuple group = self._groups.get(type(obj))
         if group is None:
             return
-        if not self.sync_mode:
-            self._spawn(group, obj, inject)
+        if kind == _BACKGROUND:
+            if self._max_pending:
+                await self._spawn_bounded(group, obj, inject)
+            else:
+                self._spawn(group, obj, inject)
             return
-        for route in group:
-            # Each handler runs in its own copy of the publisher's context, as a task would.
-            context = PyContext_CopyCurrent()
-            PyContext_Enter(context)
-            try:
-                if (<_BaseRoute>route)._direct is not None and (not inject or (<_BaseRoute>route)._ignores_inject):
-                    coroutine = (<_BaseRoute>route)._direct(obj)
-                else:  # its modifiers may change inject: the next handler gets it unchanged
-                    coroutine = (<_BaseRoute>route)._invoke(obj, dict(inject))
-                step_result = NULL
-                status = mediator_step(coroutine, &step_result)
-            except Exception as error:
-                errors = _failed(errors, error, obj, route)
-                continue
-            finally:
-                PyContext_Exit(context)
-            if status == 0:
+        if kind == _CUSTOM:
+            await self._run_custom(strategy, group, obj, inject)
+            return
+        if kind == _SEQUENTIAL:
+            errors = await self._sequential(group, obj, inject)
+        else:
+            for route in group:
+                # Each handler runs in its own copy of the publisher's context, as a task would.
+                context = PyContext_CopyCurrent()
+                PyContext_Enter(context)
+                try:
+                    if (<_BaseRoute>route)._direct is not None and (not inject or (<_BaseRoute>route)._ignores_inject):
+                        coroutine = (<_BaseRoute>route)._direct(obj)
+                    else:  # its modifiers may change inject: the next handler gets it unchanged
+                        coroutine = (<_BaseRoute>route)._invoke(obj, dict(inject))
+                    step_result = NULL
+                    status = mediator_step(coroutine, &step_result)
+                except Exception as error:
+                    errors = _failed(errors, error, obj, route)
+                    continue
+                finally:
+                    PyContext_Exit(context)
+                if status == 0:
+                    Py_XDECREF(step_result)
+                    continue
+                # It suspended: a task carries it on from where it stopped.
+                yielded = <object>step_result
                 Py_XDECREF(step_result)
-                continue
-            # It suspended: a task carries it on from where it stopped.
-            yielded = <object>step_result
-            Py_XDECREF(step_result)
-            if pending is None:
-                pending = []
-            pending.append((resume_in_task(coroutine, yielded, context), route))
-        if pending is not None:
-            errors = await _collect(self, pending, obj, errors)
+                if pending is None:
+                    pending = []
+                pending.append((resume_in_task(coroutine, yielded, context), route))
+            if pending is not None:
+                errors = await _collect(self, pending, obj, errors)
         if errors is not None:
-            raise ExceptionGroup(
-                f"{len(errors)} handler(s) of {type(obj).__name__} failed", [error for error, _ in errors]
-            )
+            raise handler_errors(obj, errors)
 
-    cdef _spawn(self, tuple group, object obj, dict inject):
+    def _start(self, _BaseRoute route, obj, dict inject):
+        """Start one handler in its own context: ``None`` if it finished, else its task."""
+        cdef PyObject *step_result = NULL
+        cdef int status
+        context = PyContext_CopyCurrent()
+        PyContext_Enter(context)
+        try:
+            if route._direct is not None and (not inject or route._ignores_inject):
+                coroutine = route._direct(obj)
+            else:
+                coroutine = route._invoke(obj, dict(inject))
+            status = mediator_step(coroutine, &step_result)
+        finally:
+            PyContext_Exit(context)
+        if status == 0:
+            Py_XDECREF(step_result)
+            return None
+        yielded = <object>step_result
+        Py_XDECREF(step_result)
+        return resume_in_task(coroutine, yielded, context)
+
+    async def _sequential(self, tuple group, obj, dict inject):
+        """Each handler in turn, the next once the previous has finished."""
+        cdef list errors = None
+        try:
+            for route in group:
+                try:
+                    task = self._start(route, obj, inject)
+                    if task is not None:
+                        await task
+                except Exception as error:
+                    errors = _failed(errors, error, obj, route)
+        except BaseException:  # cancelled: report what failed so far, lose nothing
+            for failure, route in errors or ():
+                self._handler_failed(failure, obj, route)
+            raise
+        return errors
+
+    def _spawn(self, tuple group, obj, dict inject):
         create_task = asyncio.get_running_loop().create_task
         done = self._task_done
         for route in group:
@@ -516,17 +597,64 @@ cdef class EventDispatcher:
             self._tasks[task] = (obj, route)
             task.add_done_callback(done)
 
+    async def _spawn_bounded(self, tuple group, obj, dict inject):
+        """``_spawn``, one handler at a time, each waiting for room under ``_max_pending``."""
+        for route in group:
+            while len(self._tasks) >= self._max_pending:
+                waiter = asyncio.get_running_loop().create_future()
+                self._slot_waiters.append(waiter)
+                try:
+                    await waiter
+                except BaseException:
+                    if waiter.done() and not waiter.cancelled():
+                        self._wake_slot_waiter()  # pass on the room it was given
+                    raise
+                finally:
+                    if waiter in self._slot_waiters:
+                        self._slot_waiters.remove(waiter)
+            self._spawn((route,), obj, inject)
+
+    def _wake_slot_waiter(self):
+        while self._slot_waiters:
+            waiter = self._slot_waiters.pop(0)
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
     def _task_done(self, task):
         obj, route = self._tasks.pop(task)
         if not task.cancelled():
             error = task.exception()
             if error is not None:
                 self._handler_failed(error, obj, route)
+        if self._slot_waiters:
+            self._wake_slot_waiter()
+        if not self._tasks and self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
 
     def _handler_failed(self, error, obj, route):
-        logger.error(
-            "event handler %r failed on %r", route.handler, obj, exc_info=(type(error), error, error.__traceback__)
-        )
+        """A background failure: to the error hook; logged if there is none, or if it fails."""
+        if self._on_error is not None:
+            try:
+                self._on_error(error, obj, route.handler)
+                return
+            except Exception as hook_error:
+                logger.error("the on_error hook failed on %r", obj, exc_info=hook_error)
+        log_handler_error(error, obj, route.handler)
+
+    def _strategy_for(self, value):
+        raise TypeError(f"publish strategies are not supported by {type(self).__name__}")
+
+    async def _run_custom(self, strategy, tuple group, obj, dict inject):
+        raise TypeError(f"custom strategies are not supported by {type(self).__name__}")
+
+    def _closed_error(self, obj):
+        return RuntimeError(f"{type(self).__name__} is closed: cannot publish {obj!r}")
+
+
+def log_handler_error(error, event, handler):
+    """The default error hook: log the failure with its traceback on the ``mediator`` logger."""
+    logger.error("event handler %r failed on %r", handler, event, exc_info=(type(error), error, error.__traceback__))
 
 
 async def _collect(EventDispatcher dispatcher, list pending, obj, list errors):

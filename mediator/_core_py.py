@@ -10,7 +10,8 @@ import logging
 from contextvars import copy_context
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
-from mediator._compat import ExceptionGroup, add_note, resume_in_task
+from mediator._compat import add_note, resume_in_task
+from mediator.errors import handler_errors
 
 __all__ = [
     "ActionSubject",
@@ -20,6 +21,7 @@ __all__ = [
     "PipelineRoute",
     "RequestDispatcher",
     "EventDispatcher",
+    "log_handler_error",
 ]
 
 logger = logging.getLogger("mediator")
@@ -311,51 +313,119 @@ class RequestDispatcher:
         return LookupError(f"no handler for {type(obj)!r}")
 
 
+# Publish strategies the engine runs itself (see mediator.event.strategies).
+_BACKGROUND = 0
+_CONCURRENT = 1
+_SEQUENTIAL = 2
+_CUSTOM = 3
+
+
 class EventDispatcher:
-    """Engine base of ``LocalEventBus``: a flat tuple of routes per event class."""
+    """Engine base of ``LocalEventBus``: a flat tuple of routes per event class.
+
+    Background runs are supervised here: kept referenced in ``_tasks`` until done,
+    their failures sent to ``_on_error``, their count bounded by ``_max_pending``.
+    """
 
     def __init__(self, sync_mode: bool = False) -> None:
         self._groups: Dict[Any, Tuple[Any, ...]] = {}
         self._tasks: Dict[Any, Tuple[Any, Any]] = {}
-        self.sync_mode = sync_mode
+        self._kind = _CONCURRENT if sync_mode else _BACKGROUND
+        self._strategy: Any = None  # the strategy object when _kind is _CUSTOM
+        self._on_error: Optional[Callable[[BaseException, Any, Any], Any]] = None
+        self._max_pending = 0  # 0: unbounded
+        self._closed = False
+        self._idle: Any = None  # a future drain() waits on, resolved when _tasks empties
+        self._slot_waiters: list = []  # futures of publishes waiting for room under _max_pending
+
+    @property
+    def sync_mode(self) -> bool:
+        """Whether ``publish`` awaits its handlers (the ``concurrent`` strategy)."""
+        return self._kind == _CONCURRENT
+
+    @sync_mode.setter
+    def sync_mode(self, value: bool) -> None:
+        self._kind = _CONCURRENT if value else _BACKGROUND
 
     def _group_add(self, key: Any, route: Any) -> None:
         self._groups[key] = self._groups.get(key, ()) + (route,)
 
     async def publish(self, obj: Any, **inject: Any) -> None:
-        """Run every handler of ``type(obj)``: in the background, or awaited in sync mode."""
+        """Run every handler of ``type(obj)`` with the bus's strategy (or ``strategy=``)."""
+        if self._closed:
+            raise self._closed_error(obj)
+        kind, strategy = self._kind, self._strategy
+        if "strategy" in inject:
+            kind, strategy = self._strategy_for(inject.pop("strategy"))
         group = self._groups.get(type(obj))
         if group is None:
             return
-        if not self.sync_mode:
-            self._spawn(group, obj, inject)
+        if kind == _BACKGROUND:
+            if self._max_pending:
+                await self._spawn_bounded(group, obj, inject)
+            else:
+                self._spawn(group, obj, inject)
             return
-        errors = None
-        pending = None
-        for route in group:
-            # Each handler runs in its own copy of the publisher's context, as a task would.
-            context = copy_context()
-            try:
-                if route._direct is not None and (not inject or route._ignores_inject):
-                    coroutine = route._direct(obj)
-                else:  # its modifiers may change inject: the next handler gets it unchanged
-                    coroutine = context.run(route.invoke, obj, dict(inject))
-                yielded = context.run(coroutine.send, None)
-            except StopIteration:
-                continue
-            except Exception as error:
-                errors = _failed(errors, error, obj, route)
-                continue
-            # It suspended: a task carries it on from where it stopped.
-            if pending is None:
-                pending = []
-            pending.append((resume_in_task(coroutine, yielded, context), route))
-        if pending is not None:
-            errors = await _collect(self, pending, obj, errors)
+        if kind == _CUSTOM:
+            await self._run_custom(strategy, group, obj, inject)
+            return
+        if kind == _SEQUENTIAL:
+            errors = await self._sequential(group, obj, inject)
+        else:
+            errors = None
+            pending = None
+            for route in group:
+                # Each handler runs in its own copy of the publisher's context, as a task would.
+                context = copy_context()
+                try:
+                    if route._direct is not None and (not inject or route._ignores_inject):
+                        coroutine = route._direct(obj)
+                    else:  # its modifiers may change inject: the next handler gets it unchanged
+                        coroutine = context.run(route.invoke, obj, dict(inject))
+                    yielded = context.run(coroutine.send, None)
+                except StopIteration:
+                    continue
+                except Exception as error:
+                    errors = _failed(errors, error, obj, route)
+                    continue
+                # It suspended: a task carries it on from where it stopped.
+                if pending is None:
+                    pending = []
+                pending.append((resume_in_task(coroutine, yielded, context), route))
+            if pending is not None:
+                errors = await _collect(self, pending, obj, errors)
         if errors is not None:
-            raise ExceptionGroup(
-                f"{len(errors)} handler(s) of {type(obj).__name__} failed", [error for error, _ in errors]
-            )
+            raise handler_errors(obj, errors)
+
+    def _start(self, route: Any, obj: Any, inject: Dict[str, Any]) -> Any:
+        """Start one handler in its own context: ``None`` if it finished, else its task."""
+        context = copy_context()
+        if route._direct is not None and (not inject or route._ignores_inject):
+            coroutine = route._direct(obj)
+        else:
+            coroutine = context.run(route.invoke, obj, dict(inject))
+        try:
+            yielded = context.run(coroutine.send, None)
+        except StopIteration:
+            return None
+        return resume_in_task(coroutine, yielded, context)
+
+    async def _sequential(self, group: Tuple[Any, ...], obj: Any, inject: Dict[str, Any]) -> Optional[list]:
+        """Each handler in turn, the next once the previous has finished."""
+        errors = None
+        try:
+            for route in group:
+                try:
+                    task = self._start(route, obj, inject)
+                    if task is not None:
+                        await task
+                except Exception as error:
+                    errors = _failed(errors, error, obj, route)
+        except BaseException:  # cancelled: report what failed so far, lose nothing
+            for failure, route in errors or ():
+                self._handler_failed(failure, obj, route)
+            raise
+        return errors
 
     def _spawn(self, group: Tuple[Any, ...], obj: Any, inject: Dict[str, Any]) -> None:
         create_task = asyncio.get_running_loop().create_task
@@ -372,17 +442,64 @@ class EventDispatcher:
             tasks[task] = (obj, route)
             task.add_done_callback(self._task_done)
 
+    async def _spawn_bounded(self, group: Tuple[Any, ...], obj: Any, inject: Dict[str, Any]) -> None:
+        """``_spawn``, one handler at a time, each waiting for room under ``_max_pending``."""
+        for route in group:
+            while len(self._tasks) >= self._max_pending:
+                waiter = asyncio.get_running_loop().create_future()
+                self._slot_waiters.append(waiter)
+                try:
+                    await waiter
+                except BaseException:
+                    if waiter.done() and not waiter.cancelled():
+                        self._wake_slot_waiter()  # pass on the room it was given
+                    raise
+                finally:
+                    if waiter in self._slot_waiters:
+                        self._slot_waiters.remove(waiter)
+            self._spawn((route,), obj, inject)
+
+    def _wake_slot_waiter(self) -> None:
+        while self._slot_waiters:
+            waiter = self._slot_waiters.pop(0)
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
     def _task_done(self, task: "asyncio.Task[Any]") -> None:
         obj, route = self._tasks.pop(task)
         if not task.cancelled():
             error = task.exception()
             if error is not None:
                 self._handler_failed(error, obj, route)
+        if self._slot_waiters:
+            self._wake_slot_waiter()
+        if not self._tasks and self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
 
     def _handler_failed(self, error: BaseException, obj: Any, route: Any) -> None:
-        logger.error(
-            "event handler %r failed on %r", route.handler, obj, exc_info=(type(error), error, error.__traceback__)
-        )
+        """A background failure: to the error hook; logged if there is none, or if it fails."""
+        if self._on_error is not None:
+            try:
+                self._on_error(error, obj, route.handler)
+                return
+            except Exception as hook_error:
+                logger.error("the on_error hook failed on %r", obj, exc_info=hook_error)
+        log_handler_error(error, obj, route.handler)
+
+    def _strategy_for(self, value: Any) -> Tuple[int, Any]:
+        raise TypeError(f"publish strategies are not supported by {type(self).__name__}")
+
+    async def _run_custom(self, strategy: Any, group: Tuple[Any, ...], obj: Any, inject: Dict[str, Any]) -> None:
+        raise TypeError(f"custom strategies are not supported by {type(self).__name__}")
+
+    def _closed_error(self, obj: Any) -> BaseException:
+        return RuntimeError(f"{type(self).__name__} is closed: cannot publish {obj!r}")
+
+
+def log_handler_error(error: BaseException, event: Any, handler: Any) -> None:
+    """The default error hook: log the failure with its traceback on the ``mediator`` logger."""
+    logger.error("event handler %r failed on %r", handler, event, exc_info=(type(error), error, error.__traceback__))
 
 
 async def _collect(dispatcher: EventDispatcher, pending: list, obj: Any, errors: Optional[list]) -> Optional[list]:

@@ -2,7 +2,9 @@
 
 from mediator.event.aggregate import ConfigEventAggregateError, EventAggregate, EventAggregateError
 from mediator.event.base import EventPublish, EventPublisher, EventSubscriber
-from mediator.event.local import EventHandlerRegistry, LocalEventBus
+from mediator.errors import EventBusClosedError, EventHandlerErrors
+from mediator.event.local import CancelledRun, EventHandlerRegistry, LocalEventBus
+from mediator.event.strategies import BACKGROUND, CONCURRENT, SEQUENTIAL, HandlerRun, PublishStrategy
 
 __all__ = [
     "LocalEventBus",
@@ -13,4 +15,12 @@ __all__ = [
     "EventAggregate",
     "EventAggregateError",
     "ConfigEventAggregateError",
+    "EventHandlerErrors",
+    "EventBusClosedError",
+    "CancelledRun",
+    "PublishStrategy",
+    "HandlerRun",
+    "BACKGROUND",
+    "CONCURRENT",
+    "SEQUENTIAL",
 ]
