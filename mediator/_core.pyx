@@ -147,13 +147,19 @@ cdef class Invoker:
     cdef readonly object fn
     cdef readonly object subject_name
     cdef readonly object subject_param
+    cdef readonly str kind
+    cdef int _kind  # _ASYNC, _SYNC or _STREAM
     cdef int _mode
     cdef frozenset _names
     cdef dict _renames
     cdef tuple _pairs
 
-    def __init__(self, fn, subject_name=None, arg_map=None, allow_args=None, subject_param=None):
+    def __init__(self, fn, subject_name=None, arg_map=None, allow_args=None, subject_param=None, kind="async"):
+        if kind not in _KINDS:
+            raise ValueError(f"Invoker kind must be one of {', '.join(_KINDS)}, got {kind!r}")
         self.fn = fn
+        self.kind = kind
+        self._kind = _KINDS.index(kind)
         self.subject_name = subject_name or None
         # The subject's parameter is filled by the subject, never by injection.
         self.subject_param = subject_param or self.subject_name
@@ -176,6 +182,12 @@ cdef class Invoker:
         return self.call(subject, inject)
 
     cdef object call(self, object subject, dict inject):
+        result = self._call(subject, inject)
+        if self._kind == _ASYNC or (self._kind == _SYNC and _is_awaitable(result)):
+            return result
+        return _value(result)  # a plain value, or a stream's async generator
+
+    cdef object _call(self, object subject, dict inject):
         cdef dict kwargs = None
         cdef object name
         if self._mode == _DROP or not inject:
@@ -213,6 +225,22 @@ cdef class Invoker:
         return ActionResult(await self.call(action.subject, action.inject))
 
 
+_KINDS = ("async", "sync", "stream")
+cdef enum:
+    _ASYNC = 0
+    _SYNC = 1
+    _STREAM = 2
+
+
+cdef inline bint _is_awaitable(value):
+    """Whether a sync handler returned an awaitable (a decorated async function, say)."""
+    return hasattr(type(value), "__await__")
+
+
+async def _value(value):
+    return value
+
+
 def _rename_pairs(dict renames, frozenset names):
     """(injected name, parameter name) for every injected name that reaches a parameter."""
     pairs = [(name, name) for name in sorted(names) if name not in renames]
@@ -234,6 +262,7 @@ cdef class _BaseRoute:
     cdef frozenset _kw_names  # injected names _direct takes as they are (None: see _kw_all)
     cdef bint _kw_all  # _direct takes any injected name as it is, but _kw_exclude
     cdef object _kw_exclude
+    cdef bint _inline  # a sync handler: an event bus runs it in place, without a task
 
     cdef bint _takes_as_is(self, PyObject *kwnames):
         """Whether ``_direct(subject, **kwargs)`` with these names is the whole call."""
@@ -287,7 +316,8 @@ cdef class Route(_BaseRoute):
             self._afters = afters
             self._errors = errors
             self._wraps = any(afters) or any(errors)
-        if not self._befores and not self._wraps and invoker.subject_name is None:
+        self._inline = invoker._kind == _SYNC
+        if not self._befores and not self._wraps and invoker.subject_name is None and invoker._kind == _ASYNC:
             self._direct = invoker.fn
             self._ignores_inject = invoker._mode == _DROP
             if invoker._mode == _FILTER:
@@ -386,18 +416,38 @@ async def _raise(error):
 
 
 cdef class RequestDispatcher:
-    """Engine base of ``LocalRequestBus``: one route per request class."""
+    """Engine base of ``LocalRequestBus``: one route per request class.
+
+    ``_routes`` is the lookup table. With ``polymorphic`` it is a cache over
+    ``_registered``: a class resolves, on first sight, to the route of the nearest
+    class in its MRO; a registration clears the cache.
+    """
 
     cdef readonly dict _routes
+    cdef readonly dict _registered
+    cdef readonly bint _polymorphic
 
     def __cinit__(self, *args, **kwargs):
         self._routes = {}
+        self._registered = self._routes
 
-    def __init__(self):
-        pass
+    def __init__(self, polymorphic=False):
+        self._polymorphic = bool(polymorphic)
+        self._registered = {} if polymorphic else self._routes
 
     def _route_set(self, key, _BaseRoute route):
-        self._routes[key] = route
+        self._registered[key] = route
+        if self._polymorphic:
+            self._routes.clear()
+
+    def _resolve(self, cls):
+        """The route of the nearest class in ``cls.__mro__`` (cached), or ``None``."""
+        for base in cls.__mro__:
+            route = self._registered.get(base)
+            if route is not None:
+                self._routes[cls] = route
+                return route
+        return None
 
     def _missing(self, obj):
         return LookupError(f"no handler for {type(obj)!r}")
@@ -417,7 +467,10 @@ cdef object _execute(object self, PyObject **args, Py_ssize_t nargs, PyObject *k
     obj = <object>args[0]
     found = (<RequestDispatcher>self)._routes.get(type(obj))
     if found is None:
-        return _raise(self._missing(obj))
+        if (<RequestDispatcher>self)._polymorphic:
+            found = self._resolve(type(obj))
+        if found is None:
+            return _raise(self._missing(obj))
     route = <_BaseRoute>found
     try:
         if route._direct is not None:
@@ -457,7 +510,9 @@ cdef class EventDispatcher:
     their failures sent to ``_on_error``, their count bounded by ``_max_pending``.
     """
 
-    cdef readonly dict _groups
+    cdef readonly dict _groups  # the lookup table; with _polymorphic, a cache over _registered
+    cdef readonly dict _registered
+    cdef readonly bint _polymorphic
     cdef readonly dict _tasks
     cdef public int _kind
     cdef public object _strategy  # the strategy object when _kind is _CUSTOM
@@ -469,11 +524,14 @@ cdef class EventDispatcher:
 
     def __cinit__(self, *args, **kwargs):
         self._groups = {}
+        self._registered = self._groups
         self._tasks = {}
         self._slot_waiters = []
 
-    def __init__(self, sync_mode=False):
+    def __init__(self, sync_mode=False, polymorphic=False):
         self._kind = _CONCURRENT if sync_mode else _BACKGROUND
+        self._polymorphic = bool(polymorphic)
+        self._registered = {} if polymorphic else self._groups
 
     @property
     def sync_mode(self):
@@ -485,7 +543,22 @@ cdef class EventDispatcher:
         self._kind = _CONCURRENT if value else _BACKGROUND
 
     def _group_add(self, key, _BaseRoute route):
-        self._groups[key] = self._groups.get(key, ()) + (route,)
+        self._registered[key] = self._registered.get(key, ()) + (route,)
+        if self._polymorphic:
+            self._groups.clear()
+
+    def _resolve(self, cls):
+        """The routes of every class in ``cls.__mro__``, most specific first, each handler once."""
+        routes = []
+        seen = set()
+        for base in cls.__mro__:
+            for route in self._registered.get(base, ()):
+                identity = _identity(route.handler)
+                if identity not in seen:
+                    seen.add(identity)
+                    routes.append(route)
+        group = self._groups[cls] = tuple(routes)
+        return group
 
     async def publish(self, obj, **inject):
         """Run every handler of ``type(obj)`` with the bus's strategy (or ``strategy=``)."""
@@ -501,6 +574,10 @@ cdef class EventDispatcher:
             kind, strategy = self._strategy_for(inject.pop("strategy"))
         cdef tuple group = self._groups.get(type(obj))
         if group is None:
+            if not self._polymorphic:
+                return
+            group = self._resolve(type(obj))
+        if not group:
             return
         if kind == _BACKGROUND:
             if self._max_pending:
@@ -587,7 +664,11 @@ cdef class EventDispatcher:
         done = self._task_done
         for route in group:
             try:
-                if (<_BaseRoute>route)._direct is not None and (not inject or (<_BaseRoute>route)._ignores_inject):
+                if (<_BaseRoute>route)._inline:  # a sync handler runs here; only if it suspends is there a task
+                    task = self._start(route, obj, inject)
+                    if task is None:
+                        continue
+                elif (<_BaseRoute>route)._direct is not None and (not inject or (<_BaseRoute>route)._ignores_inject):
                     task = create_task((<_BaseRoute>route)._direct(obj))
                 else:
                     task = create_task((<_BaseRoute>route)._invoke(obj, dict(inject)))
@@ -650,6 +731,16 @@ cdef class EventDispatcher:
 
     def _closed_error(self, obj):
         return RuntimeError(f"{type(self).__name__} is closed: cannot publish {obj!r}")
+
+
+def _identity(handler):
+    """What makes two registrations the same handler: the function (or bound method) called."""
+    fn = getattr(handler, "fn", handler)
+    try:
+        hash(fn)
+    except TypeError:
+        return id(fn)
+    return fn
 
 
 def log_handler_error(error, event, handler):

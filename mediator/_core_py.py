@@ -86,7 +86,7 @@ class Invoker:
     (``allow_args=None``).
     """
 
-    __slots__ = ("fn", "subject_name", "subject_param", "_mode", "_names", "_renames", "_pairs")
+    __slots__ = ("fn", "subject_name", "subject_param", "kind", "_mode", "_names", "_renames", "_pairs")
 
     def __init__(
         self,
@@ -95,8 +95,12 @@ class Invoker:
         arg_map: Optional[Dict[str, str]] = None,
         allow_args: Optional[Iterable[str]] = None,
         subject_param: Optional[str] = None,
+        kind: str = "async",
     ) -> None:
+        if kind not in _KINDS:
+            raise ValueError(f"Invoker kind must be one of {', '.join(_KINDS)}, got {kind!r}")
         self.fn = fn
+        self.kind = kind
         self.subject_name = subject_name or None
         # The subject's parameter is filled by the subject, never by injection.
         self.subject_param = subject_param or self.subject_name
@@ -116,6 +120,12 @@ class Invoker:
             self._mode = _FILTER
 
     def __call__(self, subject: Any, inject: Dict[str, Any]) -> Any:
+        result = self._call(subject, inject)
+        if self.kind == "async" or (self.kind == "sync" and _is_awaitable(result)):
+            return result
+        return _value(result)  # a plain value, or a stream's async generator
+
+    def _call(self, subject: Any, inject: Dict[str, Any]) -> Any:
         mode = self._mode
         if mode == _DROP or not inject:
             kwargs = None
@@ -146,6 +156,18 @@ class Invoker:
         return ActionResult(await self(action.subject, action.inject))
 
 
+_KINDS = ("async", "sync", "stream")
+
+
+def _is_awaitable(value: Any) -> bool:
+    """Whether a sync handler returned an awaitable (a decorated async function, say)."""
+    return hasattr(type(value), "__await__")
+
+
+async def _value(value: Any) -> Any:
+    return value
+
+
 def _rename_pairs(renames: Dict[str, str], names: frozenset) -> Tuple[Tuple[str, str], ...]:
     """(injected name, parameter name) for every injected name that reaches a parameter."""
     pairs = [(name, name) for name in sorted(names) if name not in renames]
@@ -164,7 +186,7 @@ class Route:
 
     __slots__ = (
         "handler", "invoker", "_befores", "_afters", "_errors", "_wraps",
-        "_direct", "_ignores_inject", "_kw_names", "_kw_all", "_kw_exclude",
+        "_direct", "_ignores_inject", "_kw_names", "_kw_all", "_kw_exclude", "_inline",
     )
 
     def __init__(
@@ -183,7 +205,10 @@ class Route:
         self._errors = errors
         self._wraps = any(afters) or any(errors)
         # The handler function itself, when fn(subject) is the whole call (see execute).
-        direct = not self._befores and not self._wraps and invoker.subject_name is None
+        direct = (
+            not self._befores and not self._wraps and invoker.subject_name is None and invoker.kind == "async"
+        )
+        self._inline = invoker.kind == "sync"  # an event bus runs it in place, without a task
         self._direct = invoker.fn if direct else None
         self._ignores_inject = direct and invoker._mode == _DROP
         # Injected names _direct takes as they are: a set, or all of them (_kw_all).
@@ -258,6 +283,7 @@ class PipelineRoute:
     _kw_names = None
     _kw_all = False
     _kw_exclude = None
+    _inline = False
 
     def __init__(self, handler: Any, pipeline: Callable[[ActionSubject], Any]) -> None:
         self.handler = handler
@@ -283,16 +309,25 @@ async def _raise(error: BaseException) -> Any:
 
 
 class RequestDispatcher:
-    """Engine base of ``LocalRequestBus``: one route per request class."""
+    """Engine base of ``LocalRequestBus``: one route per request class.
 
-    def __init__(self) -> None:
+    ``_routes`` is the lookup table. With ``polymorphic`` it is a cache over
+    ``_registered``: a class resolves, on first sight, to the route of the nearest
+    class in its MRO; a registration clears the cache.
+    """
+
+    def __init__(self, polymorphic: bool = False) -> None:
         self._routes: Dict[Any, Any] = {}
+        self._polymorphic = bool(polymorphic)
+        self._registered: Dict[Any, Any] = {} if polymorphic else self._routes
 
     def execute(self, obj: Any, **inject: Any) -> Any:
         """Dispatch ``obj`` to its handler; returns an awaitable of the result."""
         route = self._routes.get(type(obj))
         if route is None:
-            return _raise(self._missing(obj))
+            route = self._resolve(type(obj)) if self._polymorphic else None
+            if route is None:
+                return _raise(self._missing(obj))
         try:
             direct = route._direct
             if direct is not None:
@@ -307,7 +342,18 @@ class RequestDispatcher:
             return _raise(error)
 
     def _route_set(self, key: Any, route: Any) -> None:
-        self._routes[key] = route
+        self._registered[key] = route
+        if self._polymorphic:
+            self._routes.clear()
+
+    def _resolve(self, cls: type) -> Any:
+        """The route of the nearest class in ``cls.__mro__`` (cached), or ``None``."""
+        for base in cls.__mro__:
+            route = self._registered.get(base)
+            if route is not None:
+                self._routes[cls] = route
+                return route
+        return None
 
     def _missing(self, obj: Any) -> BaseException:
         return LookupError(f"no handler for {type(obj)!r}")
@@ -327,8 +373,11 @@ class EventDispatcher:
     their failures sent to ``_on_error``, their count bounded by ``_max_pending``.
     """
 
-    def __init__(self, sync_mode: bool = False) -> None:
+    def __init__(self, sync_mode: bool = False, polymorphic: bool = False) -> None:
+        # The lookup table; with ``polymorphic``, a cache over ``_registered`` (see _resolve).
         self._groups: Dict[Any, Tuple[Any, ...]] = {}
+        self._polymorphic = bool(polymorphic)
+        self._registered: Dict[Any, Tuple[Any, ...]] = {} if polymorphic else self._groups
         self._tasks: Dict[Any, Tuple[Any, Any]] = {}
         self._kind = _CONCURRENT if sync_mode else _BACKGROUND
         self._strategy: Any = None  # the strategy object when _kind is _CUSTOM
@@ -348,7 +397,22 @@ class EventDispatcher:
         self._kind = _CONCURRENT if value else _BACKGROUND
 
     def _group_add(self, key: Any, route: Any) -> None:
-        self._groups[key] = self._groups.get(key, ()) + (route,)
+        self._registered[key] = self._registered.get(key, ()) + (route,)
+        if self._polymorphic:
+            self._groups.clear()
+
+    def _resolve(self, cls: type) -> Tuple[Any, ...]:
+        """The routes of every class in ``cls.__mro__``, most specific first, each handler once."""
+        routes: list = []
+        seen: set = set()
+        for base in cls.__mro__:
+            for route in self._registered.get(base, ()):
+                identity = _identity(route.handler)
+                if identity not in seen:
+                    seen.add(identity)
+                    routes.append(route)
+        group = self._groups[cls] = tuple(routes)
+        return group
 
     async def publish(self, obj: Any, **inject: Any) -> None:
         """Run every handler of ``type(obj)`` with the bus's strategy (or ``strategy=``)."""
@@ -359,6 +423,10 @@ class EventDispatcher:
             kind, strategy = self._strategy_for(inject.pop("strategy"))
         group = self._groups.get(type(obj))
         if group is None:
+            if not self._polymorphic:
+                return
+            group = self._resolve(type(obj))
+        if not group:
             return
         if kind == _BACKGROUND:
             if self._max_pending:
@@ -432,7 +500,11 @@ class EventDispatcher:
         tasks = self._tasks
         for route in group:
             try:
-                if route._direct is not None and (not inject or route._ignores_inject):
+                if route._inline:  # a sync handler runs here; only if it suspends is there a task
+                    task = self._start(route, obj, inject)
+                    if task is None:
+                        continue
+                elif route._direct is not None and (not inject or route._ignores_inject):
                     task = create_task(route._direct(obj))
                 else:
                     task = create_task(route.invoke(obj, dict(inject)))
@@ -495,6 +567,16 @@ class EventDispatcher:
 
     def _closed_error(self, obj: Any) -> BaseException:
         return RuntimeError(f"{type(self).__name__} is closed: cannot publish {obj!r}")
+
+
+def _identity(handler: Any) -> Any:
+    """What makes two registrations the same handler: the function (or bound method) called."""
+    fn = getattr(handler, "fn", handler)
+    try:
+        hash(fn)
+    except TypeError:
+        return id(fn)
+    return fn
 
 
 def log_handler_error(error: BaseException, event: Any, handler: Any) -> None:

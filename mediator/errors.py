@@ -1,13 +1,13 @@
 """Errors of the event bus beyond those of python-mediator 0.7."""
 
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 from mediator._compat import ExceptionGroup
 
 __all__ = ["EventHandlerErrors", "EventBusClosedError"]
 
 
-class EventHandlerErrors(ExceptionGroup):  # type: ignore[misc,valid-type]
+class EventHandlerErrors(ExceptionGroup):
     """The failures of an event's handlers, raised once all of them have run.
 
     ``event`` is the event; ``handlers[i]`` is the handler that raised ``exceptions[i]``
@@ -40,10 +40,8 @@ class EventBusClosedError(RuntimeError):
     """``publish`` on an event bus that was closed (``aclose``, or ``async with`` ended)."""
 
 
-def handler_errors(event: Any, failures: Sequence[Any]) -> Optional[EventHandlerErrors]:
-    """The group for ``(error, route)`` failures of one publish, or ``None`` if there are none."""
-    if not failures:
-        return None
+def handler_errors(event: Any, failures: Sequence[Any]) -> EventHandlerErrors:
+    """The group for the ``(error, route)`` failures of one publish."""
     return EventHandlerErrors(
         f"{len(failures)} handler(s) of {type(event).__name__} failed",
         [error for error, _ in failures],

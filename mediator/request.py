@@ -57,8 +57,10 @@ class LocalRequestBus(RequestDispatcher, HandlerRegistry, RequestExecutor):
         policies: Optional[Sequence[PolicyType]] = None,
         cascade: Optional[HandlerFactoryCascade] = None,
         modifiers: Sequence[ModifierFactory] = (),
+        *,
+        polymorphic: bool = False,
     ) -> None:
-        RequestDispatcher.__init__(self)
+        RequestDispatcher.__init__(self, polymorphic)
         HandlerRegistry.__init__(self, _RouteStore(self), policies or [CallableHandlerPolicy()], cascade, modifiers)
 
     def _missing(self, obj: Any) -> LookupHandlerStoreError:

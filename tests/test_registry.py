@@ -537,12 +537,12 @@ def test_register_policies_apply_to_that_call_only():
 
 
 def test_register_failure_adds_nothing():
-    def not_async(x: Foo):
+    async def untyped(x):
         pass
 
     registry = HandlerRegistry(MappingHandlerStore(), policies=[CallableHandlerPolicy()])
     with pytest.raises(HandlerFactoryCascadeError):
-        registry.register(not_async)
+        registry.register(untyped)
     registry.register(on_foo)
     with pytest.raises(CollisionHandlerStoreError):
         registry.register(also_on_foo)

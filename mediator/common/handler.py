@@ -36,6 +36,8 @@ class CallableHandler(Handler):
     ``arg_map`` renames injected kwargs (injected name -> parameter name);
     ``allow_args`` is the set of parameter names that may receive them
     (``None``: pass them all); ``subject_param``, the subject's parameter, never does.
+    ``kind`` is how ``fn`` answers: ``"async"`` (a coroutine), ``"sync"`` (a value, or an
+    awaitable) or ``"stream"`` (an async generator).
     """
 
     __slots__ = ("_obj", "_key", "invoker")
@@ -49,10 +51,11 @@ class CallableHandler(Handler):
         arg_map: Mapping[str, str],
         allow_args: Optional[Collection[str]],
         subject_param: Optional[str] = None,
+        kind: str = "async",
     ) -> None:
         self._obj = obj
         self._key = key
-        self.invoker = Invoker(fn, subject_name, dict(arg_map), allow_args, subject_param)
+        self.invoker = Invoker(fn, subject_name, dict(arg_map), allow_args, subject_param, kind)
 
     @property
     def key(self) -> Hashable:
@@ -66,6 +69,11 @@ class CallableHandler(Handler):
     def fn(self) -> Callable[..., Any]:
         """The callable actually invoked."""
         return self.invoker.fn
+
+    @property
+    def kind(self) -> str:
+        """``"async"``, ``"sync"`` or ``"stream"``: see the class docstring."""
+        return self.invoker.kind
 
     def __call__(self, action: ActionSubject) -> Any:  # awaitable ActionResult
         return self.invoker.action(action)

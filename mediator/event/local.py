@@ -78,8 +78,9 @@ class LocalEventBus(EventDispatcher, EventPublisher, HandlerRegistry, EventSubsc
         strategy: Any = None,
         on_error: Optional[ErrorHook] = None,
         max_pending: Optional[int] = None,
+        polymorphic: bool = False,
     ) -> None:
-        EventDispatcher.__init__(self, sync_mode)
+        EventDispatcher.__init__(self, sync_mode, polymorphic)
         if strategy is not None:
             kind, strategy = resolve_strategy(strategy)
             if sync_mode and strategy is not CONCURRENT:

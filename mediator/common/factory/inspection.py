@@ -4,7 +4,7 @@ import functools
 import inspect
 import types
 import typing
-from inspect import CO_COROUTINE, CO_VARKEYWORDS, Parameter
+from inspect import CO_ASYNC_GENERATOR, CO_COROUTINE, CO_VARKEYWORDS, Parameter
 from types import FunctionType, MethodType
 from typing import Any, List, NamedTuple, Optional
 
@@ -28,7 +28,7 @@ class _Param(NamedTuple):
 class _Signature(NamedTuple):
     named: List[_Param]  # positional-only, positional-or-keyword and keyword-only
     var_keyword: bool
-    is_async: bool
+    kind: str  # "async" (async def), "stream" (async generator) or "sync" (def)
 
 
 def inspect_callable(obj: Any, fn: Any, policy: CallableHandlerPolicy, label: str) -> CallableHandler:
@@ -55,8 +55,6 @@ def inspect_callable(obj: Any, fn: Any, policy: CallableHandlerPolicy, label: st
         raise IncompatibleHandlerFactoryError(f"{label} has no named parameter to take the subject")
 
     key = _subject_class(target, subject, label)
-    if not signature.is_async:
-        raise HandlerFactoryError(f"{label} is not async: a handler must be an async def function or method")
 
     by_name = subject.kind == Parameter.KEYWORD_ONLY or (
         policy.subject_as_keyword and subject.kind != Parameter.POSITIONAL_ONLY
@@ -73,6 +71,7 @@ def inspect_callable(obj: Any, fn: Any, policy: CallableHandlerPolicy, label: st
         arg_map=policy.arg_map,
         allow_args=allow_args,
         subject_param=subject.name,
+        kind=signature.kind,
     )
 
 
@@ -97,7 +96,7 @@ def _from_code(target: Any) -> Optional[_Signature]:
     named = [_Param(name, kind, annotations.get(name, Parameter.empty)) for name, kind in zip(names, kinds)]
     if function is not target and positional:  # a bound method: its first parameter is taken
         del named[0]
-    return _Signature(named, bool(code.co_flags & CO_VARKEYWORDS), bool(code.co_flags & CO_COROUTINE))
+    return _Signature(named, bool(code.co_flags & CO_VARKEYWORDS), _kind(code.co_flags))
 
 
 def _from_inspect(target: Any, label: str) -> _Signature:
@@ -109,8 +108,12 @@ def _from_inspect(target: Any, label: str) -> _Signature:
     return _Signature(
         [_Param(p.name, p.kind, p.annotation) for p in parameters if p.kind in _NAMED],
         any(p.kind == Parameter.VAR_KEYWORD for p in parameters),
-        inspect.iscoroutinefunction(target),
+        "async" if inspect.iscoroutinefunction(target) else "stream" if inspect.isasyncgenfunction(target) else "sync",
     )
+
+
+def _kind(flags: int) -> str:
+    return "async" if flags & CO_COROUTINE else "stream" if flags & CO_ASYNC_GENERATOR else "sync"
 
 
 def _subject_class(target: Any, subject: _Param, label: str) -> type:
