@@ -1,8 +1,9 @@
 # The two commands of the README:
 #   make demo   set up a virtualenv (compiled engine) and run the main demo
-#   make test   every test: compiled engine, pure engine, PyPy, typing, packaging
+#   make test   every test: compiled engine, pure engine, PyPy, typing (mypy, pyright), packaging
 PYTHON ?= python3
 PYPY ?= pypy3
+PYRIGHT ?= npx --yes pyright@1.1.414
 VENV := .venv
 PYPY_VENV := .venv-pypy
 SOURCES := pyproject.toml setup.py mediator/_core.pyx
@@ -37,6 +38,7 @@ test-pypy: $(PYPY_VENV)/.installed
 
 test-typing: $(VENV)/.installed
 	$(VENV)/bin/python -m mypy mediator tests/typing
+	$(PYRIGHT) --pythonpath $(VENV)/bin/python tests/typing
 
 check-packaging: $(VENV)/.installed
 	$(VENV)/bin/python scripts/check_packaging.py

@@ -4,10 +4,22 @@
 """
 
 from mediator._engine import COMPILED
+from mediator.common.introspection import MissingHandlersError
 from mediator.common.modifiers import Hook, ModifierFactory
 from mediator.event import LocalEventBus
-from mediator.request import LocalRequestBus
+from mediator.request import LocalRequestBus, Request
+from mediator.stream import Stream
 
 __version__ = "1.0.0"
 
-__all__ = ["COMPILED", "Hook", "ModifierFactory", "LocalEventBus", "LocalRequestBus", "__version__"]
+__all__ = [
+    "COMPILED",
+    "Hook",
+    "ModifierFactory",
+    "LocalEventBus",
+    "LocalRequestBus",
+    "MissingHandlersError",
+    "Request",
+    "Stream",
+    "__version__",
+]

@@ -263,6 +263,7 @@ cdef class _BaseRoute:
     cdef bint _kw_all  # _direct takes any injected name as it is, but _kw_exclude
     cdef object _kw_exclude
     cdef bint _inline  # a sync handler: an event bus runs it in place, without a task
+    cdef readonly bint _stream  # an async generator: answers bus.stream(), not execute()
 
     cdef bint _takes_as_is(self, PyObject *kwnames):
         """Whether ``_direct(subject, **kwargs)`` with these names is the whole call."""
@@ -317,6 +318,7 @@ cdef class Route(_BaseRoute):
             self._errors = errors
             self._wraps = any(afters) or any(errors)
         self._inline = invoker._kind == _SYNC
+        self._stream = invoker._kind == _STREAM
         if not self._befores and not self._wraps and invoker.subject_name is None and invoker._kind == _ASYNC:
             self._direct = invoker.fn
             self._ignores_inject = invoker._mode == _DROP
@@ -396,6 +398,7 @@ cdef class PipelineRoute(_BaseRoute):
     def __init__(self, handler, pipeline):
         self.handler = handler
         self.pipeline = pipeline
+        self._stream = getattr(handler, "kind", None) == "stream"
 
     cdef object _invoke(self, object subject, dict inject):
         return _unwrap(self, self.pipeline(ActionSubject(subject, inject)))
@@ -413,6 +416,10 @@ async def _unwrap(PipelineRoute route, awaitable):
 
 async def _raise(error):
     raise error
+
+
+def _stream_misuse(route, obj):
+    return TypeError(f"{route.handler!r} answers {type(obj).__name__} with a stream: use bus.stream(request)")
 
 
 cdef class RequestDispatcher:
@@ -482,6 +489,8 @@ cdef object _execute(object self, PyObject **args, Py_ssize_t nargs, PyObject *k
         if kwnames != NULL:
             for index in range(PyTuple_GET_SIZE(kwnames)):
                 inject[<object>PyTuple_GET_ITEM(kwnames, index)] = <object>args[index + 1]
+        if route._stream:
+            return _raise(_stream_misuse(route, obj))
         return route._invoke(obj, inject)
     except Exception as error:  # raise at await time, as an async call would
         return _raise(error)

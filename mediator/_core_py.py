@@ -186,7 +186,7 @@ class Route:
 
     __slots__ = (
         "handler", "invoker", "_befores", "_afters", "_errors", "_wraps",
-        "_direct", "_ignores_inject", "_kw_names", "_kw_all", "_kw_exclude", "_inline",
+        "_direct", "_ignores_inject", "_kw_names", "_kw_all", "_kw_exclude", "_inline", "_stream",
     )
 
     def __init__(
@@ -209,6 +209,7 @@ class Route:
             not self._befores and not self._wraps and invoker.subject_name is None and invoker.kind == "async"
         )
         self._inline = invoker.kind == "sync"  # an event bus runs it in place, without a task
+        self._stream = invoker.kind == "stream"  # answers bus.stream(), not execute()
         self._direct = invoker.fn if direct else None
         self._ignores_inject = direct and invoker._mode == _DROP
         # Injected names _direct takes as they are: a set, or all of them (_kw_all).
@@ -277,7 +278,7 @@ def _check_layers(*stages: Tuple[Any, ...]) -> None:
 class PipelineRoute:
     """A registered handler behind a ``ModifierFactory`` stack (the general path)."""
 
-    __slots__ = ("handler", "pipeline")
+    __slots__ = ("handler", "pipeline", "_stream")
     _direct = None
     _ignores_inject = False
     _kw_names = None
@@ -288,6 +289,7 @@ class PipelineRoute:
     def __init__(self, handler: Any, pipeline: Callable[[ActionSubject], Any]) -> None:
         self.handler = handler
         self.pipeline = pipeline
+        self._stream = getattr(handler, "kind", None) == "stream"
 
     def invoke(self, subject: Any, inject: Dict[str, Any]) -> Any:
         """Run the stack; returns a coroutine of the unwrapped result."""
@@ -306,6 +308,10 @@ async def _unwrap(route: PipelineRoute, awaitable: Any) -> Any:
 
 async def _raise(error: BaseException) -> Any:
     raise error
+
+
+def _stream_misuse(route: Any, obj: Any) -> TypeError:
+    return TypeError(f"{route.handler!r} answers {type(obj).__name__} with a stream: use bus.stream(request)")
 
 
 class RequestDispatcher:
@@ -337,6 +343,8 @@ class RequestDispatcher:
                     route._kw_all and route._kw_exclude not in inject
                 ):
                     return direct(obj, **inject)
+            if route._stream:
+                return _raise(_stream_misuse(route, obj))
             return route.invoke(obj, inject)
         except Exception as error:  # raise at await time, as an async call would
             return _raise(error)

@@ -6,6 +6,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 
 from mediator._engine import EventDispatcher
 from mediator.common.factory import CallableHandlerPolicy, HandlerFactoryCascade, PolicyType
+from mediator.common.introspection import HandlerIntrospection
 from mediator.common.modifiers import ModifierFactory
 from mediator.common.registry import CollectionHandlerStore, HandlerEntry, HandlerRegistry
 from mediator.common.routes import compile_route
@@ -53,7 +54,7 @@ class CancelledRun(NamedTuple):
 ErrorHook = Callable[[BaseException, Any, Any], Any]
 
 
-class LocalEventBus(EventDispatcher, EventPublisher, HandlerRegistry, EventSubscriber):
+class LocalEventBus(EventDispatcher, EventPublisher, HandlerRegistry, EventSubscriber, HandlerIntrospection):
     """Publishes each event to all its handlers, in registration order.
 
     ``strategy`` says how (see ``mediator.event.strategies``): ``"background"`` (the
@@ -156,6 +157,12 @@ class LocalEventBus(EventDispatcher, EventPublisher, HandlerRegistry, EventSubsc
 
     async def __aexit__(self, *exc_info: Any) -> None:
         await self.aclose()
+
+    def _routes_of(self, cls: type) -> Tuple[Any, ...]:
+        group = self._groups.get(cls)
+        if group is None:
+            group = self._resolve(cls) if self._polymorphic else ()
+        return group
 
     def _strategy_for(self, value: Any) -> Tuple[int, Any]:
         return resolve_strategy(value)

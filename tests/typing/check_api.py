@@ -1,8 +1,10 @@
 """Checked by mypy (``make test-typing``), never run: the public API's static types."""
 
+from typing import Any
+
 from typing_extensions import assert_type
 
-from mediator import Hook, LocalEventBus, LocalRequestBus
+from mediator import Hook, LocalEventBus, LocalRequestBus, Request, Stream
 from mediator.common.factory import CallableHandlerPolicy, MethodHandlerPolicy
 from mediator.event import EventAggregate
 
@@ -33,3 +35,31 @@ async def registered_functions_keep_their_types() -> None:
 order = Order().use(event_bus)
 assert_type(order, Order)
 assert_type(order.order_id, int)
+
+
+# -- typed results: Request[T] types execute() and stream(); plain objects stay Any --------
+
+
+class User:
+    name = "ann"
+
+
+class GetUser(Request[User]):
+    pass
+
+
+class ListUsers(Request[User]):
+    pass
+
+
+class Untyped:
+    pass
+
+
+async def typed_results(bus: LocalRequestBus) -> None:
+    assert_type(await bus.execute(GetUser()), User)
+    assert_type(await bus.execute(GetUser(), user="someone"), User)
+    assert_type(await bus.execute(Untyped()), Any)
+    async for user in bus.stream(ListUsers()):
+        assert_type(user, User)
+    assert_type(bus.stream(Untyped()), Stream[Any])
