@@ -183,8 +183,10 @@ cdef class Invoker:
 
     cdef object call(self, object subject, dict inject):
         result = self._call(subject, inject)
-        if self._kind == _ASYNC or (self._kind == _SYNC and _is_awaitable(result)):
+        if self._kind == _ASYNC:
             return result
+        if self._kind == _SYNC and _is_awaitable(result):
+            return result if _is_coroutine(result) else _awaited(result)
         return _value(result)  # a plain value, or a stream's async generator
 
     cdef object _call(self, object subject, dict inject):
@@ -237,8 +239,16 @@ cdef inline bint _is_awaitable(value):
     return hasattr(type(value), "__await__")
 
 
+cdef inline bint _is_coroutine(value):
+    return asyncio.iscoroutine(value)
+
+
 async def _value(value):
     return value
+
+
+async def _awaited(awaitable):
+    return await awaitable
 
 
 def _rename_pairs(dict renames, frozenset names):
@@ -262,7 +272,7 @@ cdef class _BaseRoute:
     cdef frozenset _kw_names  # injected names _direct takes as they are (None: see _kw_all)
     cdef bint _kw_all  # _direct takes any injected name as it is, but _kw_exclude
     cdef object _kw_exclude
-    cdef bint _inline  # a sync handler: an event bus runs it in place, without a task
+    cdef readonly bint _inline  # a sync handler: an event bus runs it in place, without a task
     cdef readonly bint _stream  # an async generator: answers bus.stream(), not execute()
 
     cdef bint _takes_as_is(self, PyObject *kwnames):
@@ -399,6 +409,7 @@ cdef class PipelineRoute(_BaseRoute):
         self.handler = handler
         self.pipeline = pipeline
         self._stream = getattr(handler, "kind", None) == "stream"
+        self._inline = getattr(handler, "kind", None) == "sync"
 
     cdef object _invoke(self, object subject, dict inject):
         return _unwrap(self, self.pipeline(ActionSubject(subject, inject)))
@@ -557,15 +568,20 @@ cdef class EventDispatcher:
             self._groups.clear()
 
     def _resolve(self, cls):
-        """The routes of every class in ``cls.__mro__``, most specific first, each handler once."""
+        """The routes of every class in ``cls.__mro__``, most specific first.
+
+        A handler already there for a more specific class is not added again for a base.
+        """
         routes = []
         seen = set()
         for base in cls.__mro__:
+            added = []
             for route in self._registered.get(base, ()):
                 identity = _identity(route.handler)
                 if identity not in seen:
-                    seen.add(identity)
+                    added.append(identity)
                     routes.append(route)
+            seen.update(added)
         group = self._groups[cls] = tuple(routes)
         return group
 

@@ -121,8 +121,10 @@ class Invoker:
 
     def __call__(self, subject: Any, inject: Dict[str, Any]) -> Any:
         result = self._call(subject, inject)
-        if self.kind == "async" or (self.kind == "sync" and _is_awaitable(result)):
+        if self.kind == "async":
             return result
+        if self.kind == "sync" and _is_awaitable(result):
+            return result if asyncio.iscoroutine(result) else _awaited(result)
         return _value(result)  # a plain value, or a stream's async generator
 
     def _call(self, subject: Any, inject: Dict[str, Any]) -> Any:
@@ -166,6 +168,10 @@ def _is_awaitable(value: Any) -> bool:
 
 async def _value(value: Any) -> Any:
     return value
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
 
 
 def _rename_pairs(renames: Dict[str, str], names: frozenset) -> Tuple[Tuple[str, str], ...]:
@@ -278,18 +284,18 @@ def _check_layers(*stages: Tuple[Any, ...]) -> None:
 class PipelineRoute:
     """A registered handler behind a ``ModifierFactory`` stack (the general path)."""
 
-    __slots__ = ("handler", "pipeline", "_stream")
+    __slots__ = ("handler", "pipeline", "_stream", "_inline")
     _direct = None
     _ignores_inject = False
     _kw_names = None
     _kw_all = False
     _kw_exclude = None
-    _inline = False
 
     def __init__(self, handler: Any, pipeline: Callable[[ActionSubject], Any]) -> None:
         self.handler = handler
         self.pipeline = pipeline
         self._stream = getattr(handler, "kind", None) == "stream"
+        self._inline = getattr(handler, "kind", None) == "sync"
 
     def invoke(self, subject: Any, inject: Dict[str, Any]) -> Any:
         """Run the stack; returns a coroutine of the unwrapped result."""
@@ -410,15 +416,20 @@ class EventDispatcher:
             self._groups.clear()
 
     def _resolve(self, cls: type) -> Tuple[Any, ...]:
-        """The routes of every class in ``cls.__mro__``, most specific first, each handler once."""
+        """The routes of every class in ``cls.__mro__``, most specific first.
+
+        A handler already there for a more specific class is not added again for a base.
+        """
         routes: list = []
         seen: set = set()
         for base in cls.__mro__:
+            added = []
             for route in self._registered.get(base, ()):
                 identity = _identity(route.handler)
                 if identity not in seen:
-                    seen.add(identity)
+                    added.append(identity)
                     routes.append(route)
+            seen.update(added)
         group = self._groups[cls] = tuple(routes)
         return group
 

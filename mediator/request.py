@@ -1,6 +1,6 @@
 """Commands and queries: each request class has exactly one handler."""
 
-from typing import TYPE_CHECKING, Any, Coroutine, Generic, Optional, Sequence, Tuple, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Coroutine, Dict, Generic, Optional, Sequence, Tuple, TypeVar, overload
 
 from mediator._engine import RequestDispatcher
 from mediator.common.factory import CallableHandlerPolicy, HandlerFactoryCascade, PolicyType
@@ -103,10 +103,10 @@ class LocalRequestBus(RequestDispatcher, HandlerRegistry, RequestExecutor, Handl
         if route is None:
             error = self._missing(obj)
             return Stream(lambda: _raise(error))
-        if not route._stream:
+        if not route._stream and not route._inline:
             misuse = TypeError(f"{route.handler!r} is not a stream handler (async generator): use bus.execute(request)")
             return Stream(lambda: _raise(misuse))
-        return Stream(lambda: route.invoke(obj, kwargs))
+        return Stream(lambda: _open(route, obj, kwargs))
 
     def _route_of(self, cls: type) -> Any:
         route = self._routes.get(cls)
@@ -124,3 +124,11 @@ class LocalRequestBus(RequestDispatcher, HandlerRegistry, RequestExecutor, Handl
 
 async def _raise(error: BaseException) -> Any:
     raise error
+
+
+async def _open(route: Any, obj: Any, kwargs: Dict[str, Any]) -> Any:
+    """Start a stream handler; a plain def must have returned an async iterator."""
+    iterator = await route.invoke(obj, kwargs)
+    if not hasattr(type(iterator), "__anext__"):
+        raise TypeError(f"{route.handler!r} returned {iterator!r}, not an async iterator: use bus.execute(request)")
+    return iterator

@@ -39,6 +39,10 @@ class _GroupStore(CollectionHandlerStore):
         self._dispatcher = dispatcher
 
     def add(self, entry: HandlerEntry) -> None:
+        if getattr(entry.handler, "kind", None) == "stream":
+            raise TypeError(
+                f"{entry.handler!r} is an async generator: event handlers are async or plain functions"
+            )
         route = compile_route(entry)
         super().add(entry)
         self._dispatcher._group_add(entry.key, route)

@@ -108,8 +108,23 @@ def _from_inspect(target: Any, label: str) -> _Signature:
     return _Signature(
         [_Param(p.name, p.kind, p.annotation) for p in parameters if p.kind in _NAMED],
         any(p.kind == Parameter.VAR_KEYWORD for p in parameters),
-        "async" if inspect.iscoroutinefunction(target) else "stream" if inspect.isasyncgenfunction(target) else "sync",
+        _kind_of(target),
     )
+
+
+def _kind_of(target: Any) -> str:
+    """How ``target`` answers, looking through partials and bound methods (3.9 does not)."""
+    function = target
+    while True:
+        if isinstance(function, functools.partial):
+            function = function.func
+        elif isinstance(function, MethodType):
+            function = function.__func__
+        else:
+            break
+    if type(function) is FunctionType:
+        return _kind(function.__code__.co_flags)
+    return "async" if inspect.iscoroutinefunction(target) else "stream" if inspect.isasyncgenfunction(target) else "sync"
 
 
 def _kind(flags: int) -> str:
