@@ -541,12 +541,14 @@ cdef class EventDispatcher:
     cdef public bint _closed
     cdef public object _idle  # a future drain() waits on, resolved when _tasks empties
     cdef list _slot_waiters  # futures of publishes waiting for room under _max_pending
+    cdef readonly set _bus_cancelled  # runs the bus itself cancelled (not a failure)
 
     def __cinit__(self, *args, **kwargs):
         self._groups = {}
         self._registered = self._groups
         self._tasks = {}
         self._slot_waiters = []
+        self._bus_cancelled = set()
 
     def __init__(self, sync_mode=False, polymorphic=False):
         self._kind = _CONCURRENT if sync_mode else _BACKGROUND
@@ -630,6 +632,9 @@ cdef class EventDispatcher:
                 except Exception as error:
                     errors = _failed(errors, error, obj, route)
                     continue
+                except asyncio.CancelledError as error:  # its own: nothing can cancel a sync step
+                    self._handler_failed(error, obj, route)
+                    continue
                 finally:
                     PyContext_Exit(context)
                 if status == 0:
@@ -670,18 +675,17 @@ cdef class EventDispatcher:
     async def _sequential(self, tuple group, obj, dict inject):
         """Each handler in turn, the next once the previous has finished."""
         cdef list errors = None
-        try:
-            for route in group:
-                try:
-                    task = self._start(route, obj, inject)
-                    if task is not None:
-                        await task
-                except Exception as error:
-                    errors = _failed(errors, error, obj, route)
-        except BaseException:  # cancelled: report what failed so far, lose nothing
-            for failure, route in errors or ():
-                self._handler_failed(failure, obj, route)
-            raise
+        for route in group:
+            try:
+                task = self._start(route, obj, inject)
+            except Exception as error:
+                errors = _failed(errors, error, obj, route)
+                continue
+            except asyncio.CancelledError as error:  # its own: nothing can cancel a sync step
+                self._handler_failed(error, obj, route)
+                continue
+            if task is not None:
+                errors = await _collect(self, [(task, route)], obj, errors)
         return errors
 
     def _spawn(self, tuple group, obj, dict inject):
@@ -704,11 +708,20 @@ cdef class EventDispatcher:
             task.add_done_callback(done)
 
     async def _spawn_bounded(self, tuple group, obj, dict inject):
-        """``_spawn``, one handler at a time, each waiting for room under ``_max_pending``."""
-        for route in group:
-            while len(self._tasks) >= self._max_pending:
+        """``_spawn`` once there is room for the event's handlers under ``_max_pending``.
+
+        An event with more handlers than ``_max_pending`` waits for an empty bus. A publish
+        from one of the bus's own background runs does not wait: that run holds a place
+        already, and waiting for itself to finish would never end.
+        """
+        if asyncio.current_task() not in self._tasks:
+            # Room for all of the event's handlers at once: it is started whole or refused.
+            room = self._max_pending - min(len(group), self._max_pending)
+            queued_at = len(self._slot_waiters)
+            while len(self._tasks) > room:
                 waiter = asyncio.get_running_loop().create_future()
-                self._slot_waiters.append(waiter)
+                self._slot_waiters.insert(queued_at, waiter)
+                queued_at = 0  # woken too early: wait again at the front
                 try:
                     await waiter
                 except BaseException:
@@ -718,7 +731,16 @@ cdef class EventDispatcher:
                 finally:
                     if waiter in self._slot_waiters:
                         self._slot_waiters.remove(waiter)
-            self._spawn((route,), obj, inject)
+                if self._closed:
+                    raise self._closed_error(obj)
+        self._spawn(group, obj, inject)
+
+    def _wake_slot_waiters(self):
+        """Wake every publish waiting for room (the bus is closing: they will find it closed)."""
+        waiters, self._slot_waiters = self._slot_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _wake_slot_waiter(self):
         while self._slot_waiters:
@@ -727,12 +749,17 @@ cdef class EventDispatcher:
                 waiter.set_result(None)
                 return
 
+    def _cancel_run(self, task):
+        """Cancel a background run on the bus's own account: not reported as a failure."""
+        if not task.done():
+            self._bus_cancelled.add(task)
+            task.cancel()
+
     def _task_done(self, task):
         obj, route = self._tasks.pop(task)
-        if not task.cancelled():
-            error = task.exception()
-            if error is not None:
-                self._handler_failed(error, obj, route)
+        error = _outcome(task, self._bus_cancelled)
+        if error is not None:
+            self._handler_failed(error, obj, route)
         if self._slot_waiters:
             self._wake_slot_waiter()
         if not self._tasks and self._idle is not None and not self._idle.done():
@@ -773,28 +800,44 @@ def log_handler_error(error, event, handler):
     logger.error("event handler %r failed on %r", handler, event, exc_info=(type(error), error, error.__traceback__))
 
 
-async def _collect(EventDispatcher dispatcher, list pending, obj, list errors):
-    """Await the suspended handlers of one publish.
-
-    If the publish is cancelled, its handlers are cancelled too, and nothing is lost:
-    failures already seen, and any still to come, go to the bus's failure report.
-    """
-    cdef Py_ssize_t waited = 0
+cdef object _outcome(task, set bus_cancelled):
+    """The failure a finished run ended with: its exception, or its own cancellation."""
+    if not task.cancelled():
+        return task.exception()
+    if task in bus_cancelled:
+        bus_cancelled.discard(task)
+        return None
     try:
-        for task, route in pending:
-            try:
-                await task
-            except Exception as error:
-                errors = _failed(errors, error, obj, route)
-            waited += 1
+        task.result()
+    except asyncio.CancelledError as cancelled:
+        return cancelled
+    return None
+
+
+async def _collect(EventDispatcher dispatcher, list pending, obj, list errors):
+    """Wait for the suspended handlers of one publish; their failures join ``errors``.
+
+    A handler that ended cancelled on its own goes to the bus's failure report (an
+    exception group holds no cancellation). If the publish itself is cancelled, its
+    handlers are cancelled too, and nothing is lost: failures already seen, and any
+    still to come, go to the failure report.
+    """
+    try:
+        await asyncio.wait([task for task, _ in pending])
     except BaseException:
         for failure, route in errors or ():
             dispatcher._handler_failed(failure, obj, route)
-        for task, route in pending[waited:]:
+        for task, route in pending:
             dispatcher._tasks[task] = (obj, route)
             task.add_done_callback(dispatcher._task_done)
-            task.cancel()
+            dispatcher._cancel_run(task)
         raise
+    for task, route in pending:
+        error = _outcome(task, dispatcher._bus_cancelled)
+        if isinstance(error, Exception):
+            errors = _failed(errors, error, obj, route)
+        elif error is not None:  # it cancelled itself: no group holds that
+            dispatcher._handler_failed(error, obj, route)
     return errors
 
 

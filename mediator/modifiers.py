@@ -5,7 +5,6 @@ hooks. Put them in any ``modifiers=`` list (a bus's, a registry's, one ``registe
 """
 
 import asyncio
-import sys
 from typing import Any, Callable, Tuple, Type, Union
 
 from mediator.common.modifiers import ModifierFactory
@@ -17,7 +16,13 @@ Backoff = Union[float, Callable[[int], float]]
 
 
 class Timeout(ModifierFactory):
-    """Fails the action with ``asyncio.TimeoutError`` (``TimeoutError``) after ``seconds``."""
+    """Fails the action with ``asyncio.TimeoutError`` (``TimeoutError``) after ``seconds``.
+
+    The action runs in a task of its own, which is what the deadline cancels: it does not
+    depend on which task is current when the action starts (an awaited publish starts a
+    handler inside the publishing task). A ``TimeoutError`` the handler raises itself
+    passes through unchanged.
+    """
 
     def __init__(self, seconds: float) -> None:
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
@@ -29,15 +34,19 @@ class Timeout(ModifierFactory):
         target = kwargs.get("target", call)
 
         async def layer(action: ActionSubject) -> ActionResult:
+            task = asyncio.ensure_future(call(action))
             try:
-                if sys.version_info >= (3, 11):  # runs in the caller's task, no extra task
-                    async with asyncio.timeout(seconds):
-                        return await call(action)
-                return await asyncio.wait_for(call(action), seconds)
-            except asyncio.TimeoutError:
-                raise asyncio.TimeoutError(
-                    f"{target!r} did not finish {action.subject!r} within {seconds}s"
-                ) from None
+                await asyncio.wait((task,), timeout=seconds)
+            except BaseException:  # cancelled while waiting: the action goes too
+                task.cancel()
+                raise
+            if task.done():
+                return task.result()
+            task.cancel()
+            await asyncio.wait((task,))
+            if not task.cancelled() and task.exception() is None:
+                return task.result()  # it finished as it was being cancelled
+            raise asyncio.TimeoutError(f"{target!r} did not finish {action.subject!r} within {seconds}s")
 
         return layer
 

@@ -138,16 +138,19 @@ class LocalEventBus(EventDispatcher, EventPublisher, HandlerRegistry, EventSubsc
         still go to the error hook.
         """
         self._closed = True
+        self._wake_slot_waiters()  # publishes waiting for room: they now find the bus closed
         try:
             await self.drain(timeout)
             return []
         except asyncio.TimeoutError:
             pass
-        left = list(self._tasks.items())
-        for task, _ in left:
-            task.cancel()
-        await asyncio.gather(*(task for task, _ in left), return_exceptions=True)
-        cancelled = [CancelledRun(event, route.handler) for task, (event, route) in left if task.cancelled()]
+        cancelled = []
+        while self._tasks:  # runs may start others as they are cancelled: until none is left
+            left = list(self._tasks.items())
+            for task, _ in left:
+                self._cancel_run(task)
+            await asyncio.wait([task for task, _ in left])
+            cancelled += [CancelledRun(event, route.handler) for task, (event, route) in left if task.cancelled()]
         if cancelled:
             logger.warning(
                 "closing the event bus cancelled %d handler run(s): %s",

@@ -13,6 +13,7 @@ an async callable taking the event and its ``HandlerRun``s, one per handler, in
 registration order.
 """
 
+import inspect
 from typing import Any, Awaitable, Dict, Sequence, Tuple
 
 __all__ = ["PublishStrategy", "HandlerRun", "BACKGROUND", "CONCURRENT", "SEQUENTIAL", "resolve_strategy"]
@@ -37,7 +38,12 @@ class HandlerRun:
             await task
 
     def spawn(self) -> None:
-        """Run the handler as a background run, supervised by the bus (``drain``, ``on_error``)."""
+        """Run the handler as a background run, supervised by the bus (``drain``, ``on_error``).
+
+        ``max_pending`` bounds ``publish`` calls, not spawns from a strategy already inside one.
+        """
+        if self._bus._closed:
+            raise self._bus._closed_error(self.event)
         self._bus._spawn((self._route,), self.event, self._inject)
 
     def __repr__(self) -> str:
@@ -92,4 +98,7 @@ def resolve_strategy(value: Any) -> Tuple[int, Any]:
 
 def run_custom(strategy: Any, bus: Any, group: Sequence[Any], event: Any, inject: Dict[str, Any]) -> Awaitable[None]:
     """Call a custom strategy with one ``HandlerRun`` per route of ``group``."""
-    return strategy(event, tuple(HandlerRun(bus, route, event, inject) for route in group))
+    result = strategy(event, tuple(HandlerRun(bus, route, event, inject) for route in group))
+    if not inspect.isawaitable(result):
+        raise TypeError(f"publish strategy {strategy!r} returned {result!r}: it must be an async callable (event, runs)")
+    return result
