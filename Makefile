@@ -8,7 +8,7 @@ VENV := .venv
 PYPY_VENV := .venv-pypy
 SOURCES := pyproject.toml setup.py mediator/_core.pyx
 
-.PHONY: demo test test-compiled test-pure test-pypy test-typing check-packaging bench clean
+.PHONY: demo test test-compiled test-pure test-pypy test-typing check-packaging bench bench-peers clean
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/python example/demo.py
@@ -45,6 +45,9 @@ check-packaging: $(VENV)/.installed
 
 bench: $(VENV)/.installed $(PYPY_VENV)/.installed
 	$(VENV)/bin/python benchmarks/run.py --python $(VENV)/bin/python --pypy $(PYPY_VENV)/bin/python
+
+bench-peers: $(VENV)/.installed
+	$(VENV)/bin/python benchmarks/peers.py --python $(VENV)/bin/python
 
 clean:
 	rm -rf $(VENV) $(PYPY_VENV) build dist *.egg-info mediator/_core.c mediator/*.so

@@ -21,7 +21,7 @@ def compile_route(entry: HandlerEntry) -> Union[Route, PipelineRoute]:
     if not isinstance(handler, CallableHandler):
         return PipelineRoute(handler, _build(entry.modifiers, handler, handler))
     factories, hooks = split_hooks(entry.modifiers)
-    route = Route(handler, handler.invoker, *hook_stages(hooks))
+    route = Route(handler, handler.invoker, *hook_stages(hooks)) if hooks else Route(handler, handler.invoker)
     if not factories:
         return route
     return PipelineRoute(handler, _build(factories, route.action, handler))

@@ -3,7 +3,7 @@
 from typing import Any, Callable, Dict, Mapping, Optional, Type
 
 from mediator.common.factory.base import HandlerFactory, HandlerFactoryMapper, IncompatibleHandlerFactoryError
-from mediator.common.factory.inspection import inspect_callable, label_of
+from mediator.common.factory.inspection import HandlerLabel, inspect_callable
 from mediator.common.factory.policies import CallableHandlerPolicy, MethodHandlerPolicy
 from mediator.common.handler import Handler
 
@@ -22,7 +22,7 @@ class CallableHandlerFactory(HandlerFactory):
         self.policy = policy
 
     def create(self, obj: Any) -> Handler:
-        return inspect_callable(obj, obj, self.policy, label_of(obj))
+        return inspect_callable(obj, obj, self.policy, HandlerLabel(obj))
 
     def __repr__(self) -> str:
         return f"CallableHandlerFactory({self.policy!r})"
@@ -44,7 +44,7 @@ class MethodHandlerFactory(HandlerFactory):
             attribute = getattr(obj, name)
         except AttributeError:
             raise IncompatibleHandlerFactoryError(f"{obj!r} has no attribute {name!r}") from None
-        return inspect_callable(obj, attribute, self.policy.policy, label_of(obj, name))
+        return inspect_callable(obj, attribute, self.policy.policy, HandlerLabel(obj, name))
 
     def __repr__(self) -> str:
         return f"MethodHandlerFactory({self.policy!r})"

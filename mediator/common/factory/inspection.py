@@ -31,7 +31,7 @@ class _Signature(NamedTuple):
     kind: str  # "async" (async def), "stream" (async generator) or "sync" (def)
 
 
-def inspect_callable(obj: Any, fn: Any, policy: CallableHandlerPolicy, label: str) -> CallableHandler:
+def inspect_callable(obj: Any, fn: Any, policy: CallableHandlerPolicy, label: Any) -> CallableHandler:
     """Make a handler that calls ``fn`` (``obj`` itself, or one of its attributes).
 
     Raises ``IncompatibleHandlerFactoryError`` when ``fn`` does not fit the policy and
@@ -99,7 +99,7 @@ def _from_code(target: Any) -> Optional[_Signature]:
     return _Signature(named, bool(code.co_flags & CO_VARKEYWORDS), _kind(code.co_flags))
 
 
-def _from_inspect(target: Any, label: str) -> _Signature:
+def _from_inspect(target: Any, label: Any) -> _Signature:
     try:
         signature = inspect.signature(target)
     except (TypeError, ValueError) as error:
@@ -131,7 +131,7 @@ def _kind(flags: int) -> str:
     return "async" if flags & CO_COROUTINE else "stream" if flags & CO_ASYNC_GENERATOR else "sync"
 
 
-def _subject_class(target: Any, subject: _Param, label: str) -> type:
+def _subject_class(target: Any, subject: _Param, label: Any) -> type:
     """The class annotated on the subject parameter (string annotations resolved)."""
     annotation = subject.annotation
     if annotation is Parameter.empty:
@@ -145,7 +145,7 @@ def _subject_class(target: Any, subject: _Param, label: str) -> type:
     return annotation
 
 
-def _resolve(target: Any, name: str, annotation: str, label: str) -> Any:
+def _resolve(target: Any, name: str, annotation: str, label: Any) -> Any:
     """Evaluate the subject's string annotation where the function was defined.
 
     Only this one annotation: others may name types known to type checkers alone.
@@ -172,8 +172,19 @@ def _resolve(target: Any, name: str, annotation: str, label: str) -> Any:
         ) from error
 
 
-def label_of(obj: Any, attribute: Optional[str] = None) -> str:
-    """How error messages name a handler object (or one of its attributes)."""
-    if attribute is None:
-        return f"handler {describe(obj)}"
-    return f"handler method {attribute!r} of {obj!r}"
+class HandlerLabel:
+    """How error messages name a handler object (or one of its attributes).
+
+    Made into text only when a message is written: registration stays cheap.
+    """
+
+    __slots__ = ("obj", "attribute")
+
+    def __init__(self, obj: Any, attribute: Optional[str] = None) -> None:
+        self.obj = obj
+        self.attribute = attribute
+
+    def __str__(self) -> str:
+        if self.attribute is None:
+            return f"handler {describe(self.obj)}"
+        return f"handler method {self.attribute!r} of {self.obj!r}"
