@@ -44,7 +44,7 @@ check-packaging: $(VENV)/.installed
 	$(VENV)/bin/python scripts/check_packaging.py
 
 bench: $(VENV)/.installed $(PYPY_VENV)/.installed
-	$(VENV)/bin/python benchmarks/run.py --python $(VENV)/bin/python --pypy $(PYPY_VENV)/bin/python
+	$(VENV)/bin/python benchmarks/run.py --python $(VENV)/bin/python --pypy $(PYPY_VENV)/bin/python --repeat 3
 
 bench-peers: $(VENV)/.installed
 	$(VENV)/bin/python benchmarks/peers.py --python $(VENV)/bin/python
