@@ -589,8 +589,6 @@ cdef class EventDispatcher:
 
     async def publish(self, obj, **inject):
         """Run every handler of ``type(obj)`` with the bus's strategy (or ``strategy=``)."""
-        cdef PyObject *step_result
-        cdef int status
         cdef int kind = self._kind
         cdef list errors = None
         cdef list pending = None
@@ -619,33 +617,18 @@ cdef class EventDispatcher:
             errors = await self._sequential(group, obj, inject)
         else:
             for route in group:
-                # Each handler runs in its own copy of the publisher's context, as a task would.
-                context = PyContext_CopyCurrent()
-                PyContext_Enter(context)
                 try:
-                    if (<_BaseRoute>route)._direct is not None and (not inject or (<_BaseRoute>route)._ignores_inject):
-                        coroutine = (<_BaseRoute>route)._direct(obj)
-                    else:  # its modifiers may change inject: the next handler gets it unchanged
-                        coroutine = (<_BaseRoute>route)._invoke(obj, dict(inject))
-                    step_result = NULL
-                    status = mediator_step(coroutine, &step_result)
+                    task = self._start_run(<_BaseRoute>route, obj, inject)
                 except Exception as error:
                     errors = _failed(errors, error, obj, route)
                     continue
                 except asyncio.CancelledError as error:  # its own: nothing can cancel a sync step
                     self._handler_failed(error, obj, route)
                     continue
-                finally:
-                    PyContext_Exit(context)
-                if status == 0:
-                    Py_XDECREF(step_result)
-                    continue
-                # It suspended: a task carries it on from where it stopped.
-                yielded = <object>step_result
-                Py_XDECREF(step_result)
-                if pending is None:
-                    pending = []
-                pending.append((resume_in_task(coroutine, yielded, context), route))
+                if task is not None:
+                    if pending is None:
+                        pending = []
+                    pending.append((task, route))
             if pending is not None:
                 errors = await _collect(self, pending, obj, errors)
         if errors is not None:
@@ -653,21 +636,26 @@ cdef class EventDispatcher:
 
     def _start(self, _BaseRoute route, obj, dict inject):
         """Start one handler in its own context: ``None`` if it finished, else its task."""
+        return self._start_run(route, obj, inject)
+
+    cdef object _start_run(self, _BaseRoute route, object obj, dict inject):
         cdef PyObject *step_result = NULL
         cdef int status
+        # Each handler runs in its own copy of the publisher's context, as a task would.
         context = PyContext_CopyCurrent()
         PyContext_Enter(context)
         try:
             if route._direct is not None and (not inject or route._ignores_inject):
                 coroutine = route._direct(obj)
-            else:
+            else:  # its modifiers may change inject: the next handler gets it unchanged
                 coroutine = route._invoke(obj, dict(inject))
-            status = mediator_step(coroutine, &step_result)
+            status = mediator_send(coroutine, None, &step_result)
         finally:
             PyContext_Exit(context)
         if status == 0:
             Py_XDECREF(step_result)
             return None
+        # It suspended: a task carries it on from where it stopped.
         yielded = <object>step_result
         Py_XDECREF(step_result)
         return resume_in_task(coroutine, yielded, context)
@@ -677,7 +665,7 @@ cdef class EventDispatcher:
         cdef list errors = None
         for route in group:
             try:
-                task = self._start(route, obj, inject)
+                task = self._start_run(<_BaseRoute>route, obj, inject)
             except Exception as error:
                 errors = _failed(errors, error, obj, route)
                 continue
@@ -694,7 +682,7 @@ cdef class EventDispatcher:
         for route in group:
             try:
                 if (<_BaseRoute>route)._inline:  # a sync handler runs here; only if it suspends is there a task
-                    task = self._start(route, obj, inject)
+                    task = self._start_run(<_BaseRoute>route, obj, inject)
                     if task is None:
                         continue
                 elif (<_BaseRoute>route)._direct is not None and (not inject or (<_BaseRoute>route)._ignores_inject):

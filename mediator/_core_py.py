@@ -463,7 +463,7 @@ class EventDispatcher:
             errors = None
             pending = None
             for route in group:
-                # Each handler runs in its own copy of the publisher's context, as a task would.
+                # _start inlined: a method call per handler shows on this path.
                 context = copy_context()
                 try:
                     if route._direct is not None and (not inject or route._ignores_inject):
