@@ -16,9 +16,10 @@ demo: $(VENV)/.installed
 test: test-compiled test-pure test-pypy test-typing check-packaging
 
 $(VENV)/.installed: $(SOURCES)
+	rm -f mediator/_core.*.so mediator/_core.*.pyd mediator/_core.c  # never test a stale build
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[test]' mypy build wheel cibuildwheel Cython
+	MEDIATOR_REQUIRE_EXTENSIONS=1 $(VENV)/bin/pip install -q -e '.[test]' mypy build wheel cibuildwheel Cython
 	touch $@
 
 $(PYPY_VENV)/.installed: $(SOURCES)

@@ -2,6 +2,8 @@
 
 The pure engine is installed when MEDIATOR_NO_EXTENSIONS is set, on PyPy and other
 interpreters, when Cython is missing, or when the compiler fails. A banner says which.
+MEDIATOR_REQUIRE_EXTENSIONS=1 makes a failed build an error instead (the project's own
+builds set it: a compile error must not pass unnoticed as a pure install).
 """
 
 import os
@@ -11,7 +13,12 @@ import sys
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-NO_EXTENSIONS = os.environ.get("MEDIATOR_NO_EXTENSIONS", "").lower() not in ("", "0", "false", "no")
+def flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() not in ("", "0", "false", "no")
+
+
+NO_EXTENSIONS = flag("MEDIATOR_NO_EXTENSIONS")
+REQUIRE_EXTENSIONS = flag("MEDIATOR_REQUIRE_EXTENSIONS")
 if platform.python_implementation() != "CPython":
     NO_EXTENSIONS = True
 
@@ -28,6 +35,8 @@ class OptionalBuildExt(build_ext):
         try:
             super().run()
         except Exception as error:  # no compiler, no headers...
+            if REQUIRE_EXTENSIONS:
+                raise
             banner(f"the compiled engine could not be built ({error}); installing the pure-Python engine")
         else:
             banner("compiled engine built (mediator._core)")
@@ -36,6 +45,8 @@ class OptionalBuildExt(build_ext):
         try:
             super().build_extension(ext)
         except Exception as error:
+            if REQUIRE_EXTENSIONS:
+                raise
             banner(f"building {ext.name} failed ({error}); installing the pure-Python engine")
 
 
@@ -46,6 +57,8 @@ def extensions() -> list:
     try:
         import Cython  # noqa: F401  # setuptools compiles .pyx sources through it
     except ImportError:
+        if REQUIRE_EXTENSIONS:
+            raise
         banner("Cython is not available: installing the pure-Python engine")
         return []
     return [Extension("mediator._core", ["mediator/_core.pyx"])]

@@ -649,7 +649,7 @@ cdef class EventDispatcher:
                 coroutine = route._direct(obj)
             else:  # its modifiers may change inject: the next handler gets it unchanged
                 coroutine = route._invoke(obj, dict(inject))
-            status = mediator_send(coroutine, None, &step_result)
+            status = mediator_step(coroutine, &step_result)
         finally:
             PyContext_Exit(context)
         if status == 0:
