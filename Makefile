@@ -8,7 +8,7 @@ VENV := .venv
 PYPY_VENV := .venv-pypy
 SOURCES := pyproject.toml setup.py mediator/_core.pyx
 
-.PHONY: demo test test-compiled test-pure test-pypy test-typing check-packaging bench bench-peers clean
+.PHONY: demo test test-compiled test-pure test-pypy test-typing test-versions check-packaging bench bench-peers clean
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/python example/demo.py
@@ -40,6 +40,19 @@ test-pypy: $(PYPY_VENV)/.installed
 test-typing: $(VENV)/.installed
 	$(VENV)/bin/python -m mypy mediator tests/typing
 	$(PYRIGHT) --pythonpath $(VENV)/bin/python tests/typing
+
+# Not part of `make test` (CI must not depend on them): both engines on every CPython
+# 3.9-3.13 that pyenv has here, each in .venv-VERSION; missing versions are skipped.
+test-versions:
+	@for version in 3.9 3.10 3.11 3.12 3.13; do \
+		python=$$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/$$version.*/bin/python 2>/dev/null | tail -n 1); \
+		if [ -z "$$python" ]; then echo "== CPython $$version: not installed, skipped"; continue; fi; \
+		echo "== CPython $$version ($$python)"; \
+		$$python -m venv .venv-$$version && .venv-$$version/bin/pip install -q pytest && \
+		MEDIATOR_REQUIRE_EXTENSIONS=1 .venv-$$version/bin/pip install -q -e . && \
+		.venv-$$version/bin/python -m pytest -q -p no:cacheprovider --engine=compiled && \
+		.venv-$$version/bin/python -m pytest -q -p no:cacheprovider --engine=pure || exit 1; \
+	done
 
 check-packaging: $(VENV)/.installed
 	$(VENV)/bin/python scripts/check_packaging.py
