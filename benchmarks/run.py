@@ -24,8 +24,9 @@ HERE = Path(__file__).resolve().parent
 TARGETS: Dict[str, Tuple[str, Tuple[Optional[float], ...]]] = {
     "request": ("await handler(cmd)", (1.3, 2.5, 1.5)),
     "request_inject": ("await handler(cmd, user=u)", (1.8, 3.5, 2.0)),
-    "request_3mod": ("3 closures nested by hand", (1.25, 2.0, 1.5)),
+    "request_3mod": ("the 3 layers nested by hand", (1.25, 2.0, 1.5)),
     "request_3hooks": ("await handler(cmd)", (1.5, 5.0, 2.0)),
+    "request_3hooks_by_hand": ("await handler(cmd)", (None, None, None)),
     "request_3hooks_before": ("await handler(cmd)", (None, None, None)),
     "publish_1": ("await handler(evt)", (None, None, None)),
     "publish_10": ("10 sequential awaits", (2.5, 4.0, 3.0)),

@@ -79,6 +79,13 @@ cdef extern from *:
     Py_ssize_t PyTuple_GET_SIZE(PyObject *tuple)
     PyObject *PyTuple_GET_ITEM(PyObject *tuple, Py_ssize_t index)
 
+cdef extern from "_relay.h":
+    ctypedef object (*mediator_relay_fn)(object owner, object subject, object value)
+    object mediator_relay(object inner, object owner, object subject, mediator_relay_fn on_return, mediator_relay_fn on_error)
+    int mediator_relay_ready() except -1
+
+mediator_relay_ready()
+
 logger = logging.getLogger("mediator")
 
 # How an Invoker treats injected keyword arguments.
@@ -89,6 +96,7 @@ cdef enum:
     _ALL = 3
 
 
+@cython.freelist(16)
 cdef class ActionSubject:
     """An action on its way through a modifier stack: the subject and injected kwargs."""
 
@@ -115,6 +123,7 @@ cdef class ActionSubject:
         return f"ActionSubject(subject={self.subject!r}, inject={self.inject!r})"
 
 
+@cython.freelist(16)
 cdef class ActionResult:
     """The value a handler returned, as it travels back out of a modifier stack."""
 
@@ -222,9 +231,14 @@ cdef class Invoker:
             return self.fn(**kwargs)
         return self.fn(**{self.subject_name: subject})
 
-    async def action(self, ActionSubject action):
+    @cython.always_allow_keywords(False)
+    def action(self, ActionSubject action):
         """Call through the modifier interface: ``ActionSubject`` in, ``ActionResult`` out."""
-        return ActionResult(await self.call(action.subject, action.inject))
+        try:
+            awaitable = self.call(action.subject, action.inject)
+        except Exception as error:  # raise at await time, as an async call would
+            return _raise(error)
+        return mediator_relay(awaitable, None, None, _action_result, NULL)
 
 
 _KINDS = ("async", "sync", "stream")
@@ -345,12 +359,20 @@ cdef class Route(_BaseRoute):
                 awaitable = self.invoker.call(subject, inject)
             except Exception as error:  # e.g. it binds badly: the hooks that ran see it
                 return self._unwind(len(self._errors), subject, None, error)
-            return self._finish(awaitable, subject)
+            return mediator_relay(awaitable, self, subject, _hooks_returned, _hooks_failed)
         return self.invoker.call(subject, inject)
 
-    async def action(self, ActionSubject action):
+    @cython.always_allow_keywords(False)
+    def action(self, ActionSubject action):
         """This route as the innermost call of a modifier stack."""
-        return ActionResult(await self._invoke(action.subject, action.inject))
+        try:
+            if self._direct is not None and not action.inject:
+                awaitable = self._direct(action.subject)
+            else:
+                awaitable = self._invoke(action.subject, action.inject)
+        except Exception as error:  # raise at await time, as an async call would
+            return _raise(error)
+        return mediator_relay(awaitable, None, None, _action_result, NULL)
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
@@ -366,13 +388,6 @@ cdef class Route(_BaseRoute):
         except Exception as error:
             self._unwind(depth, subject, None, error)
         return 0
-
-    async def _finish(self, awaitable, subject):
-        try:
-            result = await awaitable
-        except Exception as error:
-            return self._unwind(len(self._errors), subject, None, error)
-        return self._unwind(len(self._afters), subject, result, None)
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
@@ -412,17 +427,39 @@ cdef class PipelineRoute(_BaseRoute):
         self._inline = getattr(handler, "kind", None) == "sync"
 
     cdef object _invoke(self, object subject, dict inject):
-        return _unwrap(self, self.pipeline(ActionSubject(subject, inject)))
+        cdef ActionSubject action = ActionSubject.__new__(ActionSubject)
+        action.subject = subject
+        action.inject = inject
+        return mediator_relay(self.pipeline(action), self, None, _unwrap_result, NULL)
 
 
-async def _unwrap(PipelineRoute route, awaitable):
-    result = await awaitable
+# Relay endings (see _relay.h): what a wrapper coroutine would do after its await.
+
+cdef object _action_result(object owner, object subject, object value):
+    """The innermost call of a modifier stack: the handler's value as an ``ActionResult``."""
+    cdef ActionResult result = ActionResult.__new__(ActionResult)
+    result.result = value
+    return result
+
+
+cdef object _unwrap_result(object route, object subject, object result):
+    """The outermost layer of a modifier stack returned: its ``ActionResult``'s value."""
     if not isinstance(result, ActionResult):
         raise TypeError(
-            f"the modifier stack of {route.handler!r} returned {result!r}: "
+            f"the modifier stack of {(<PipelineRoute>route).handler!r} returned {result!r}: "
             f"a modifier must return an ActionResult"
         )
     return (<ActionResult>result).result
+
+
+cdef object _hooks_returned(object route, object subject, object value):
+    """The handler returned: the hooks' after stages, innermost first."""
+    return (<Route>route)._unwind(len((<Route>route)._afters), subject, value, None)
+
+
+cdef object _hooks_failed(object route, object subject, object error):
+    """The handler raised an ``Exception``: the hooks' error stages, innermost first."""
+    return (<Route>route)._unwind(len((<Route>route)._errors), subject, None, error)
 
 
 async def _raise(error):

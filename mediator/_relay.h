@@ -1,0 +1,344 @@
+/* Relay: an awaitable that drives another one and passes its outcome through a C
+ * function on the way out.
+ *
+ * It stands where a wrapper coroutine (`return transform(await inner)`) would: no frame,
+ * no coroutine object, and where the awaiting side sends through `am_send` (CPython 3.10
+ * and 3.11 when awaited, every version when a task drives it) no StopIteration either.
+ * It has `send`, `throw` and `close`, so asyncio takes it for a coroutine.
+ */
+#include <Python.h>
+
+/* on_return(owner, subject, value) -> the relay's value; on_error(owner, subject, error)
+   -> a value, or NULL with an exception set (usually `error` again). New references. */
+typedef PyObject *(*mediator_relay_fn)(PyObject *owner, PyObject *subject, PyObject *value);
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *inner;  /* the awaitable; its iterator once started; NULL once finished */
+    PyObject *owner;
+    PyObject *subject;
+    mediator_relay_fn on_return;  /* NULL: the inner value as it is */
+    mediator_relay_fn on_error;   /* NULL: errors pass through; else it sees Exceptions */
+    char started;
+    char running;
+} MediatorRelay;
+
+enum { RELAY_ERROR = -1, RELAY_RETURN = 0, RELAY_NEXT = 1 };
+
+static PyTypeObject MediatorRelay_Type;
+
+/* Relays live for one dispatch: a few are kept for reuse instead of going back to malloc. */
+#define RELAY_FREELIST_SIZE 16
+static MediatorRelay *relay_freelist[RELAY_FREELIST_SIZE];
+static int relay_freelist_count = 0;
+
+static PyObject *mediator_relay(PyObject *inner, PyObject *owner, PyObject *subject,
+                                mediator_relay_fn on_return, mediator_relay_fn on_error)
+{
+    MediatorRelay *self;
+    if (relay_freelist_count > 0) {
+        self = relay_freelist[--relay_freelist_count];
+        (void)PyObject_Init((PyObject *)self, &MediatorRelay_Type);
+    } else {
+        self = PyObject_GC_New(MediatorRelay, &MediatorRelay_Type);
+        if (self == NULL) return NULL;
+    }
+    Py_INCREF(inner);
+    self->inner = inner;
+    Py_INCREF(owner);
+    self->owner = owner;
+    Py_INCREF(subject);
+    self->subject = subject;
+    self->on_return = on_return;
+    self->on_error = on_error;
+    self->started = 0;
+    self->running = 0;
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
+/* What `await awaitable` iterates: a coroutine (or relay) itself, else its __await__(). */
+static PyObject *relay_await_iter(PyObject *awaitable)
+{
+    PyTypeObject *type = Py_TYPE(awaitable);
+    PyObject *iter;
+    if (PyCoro_CheckExact(awaitable) || type == &MediatorRelay_Type) {
+        Py_INCREF(awaitable);
+        return awaitable;
+    }
+    if (type->tp_as_async == NULL || type->tp_as_async->am_await == NULL) {
+        PyErr_Format(PyExc_TypeError, "object %.100s can't be used in 'await' expression", type->tp_name);
+        return NULL;
+    }
+    iter = type->tp_as_async->am_await(awaitable);
+    if (iter != NULL && !PyIter_Check(iter)) {
+        PyErr_Format(PyExc_TypeError, "__await__() returned non-iterator of type '%.100s'", Py_TYPE(iter)->tp_name);
+        Py_CLEAR(iter);
+    }
+    return iter;
+}
+
+/* The exception being raised, normalized, with its traceback; the error indicator cleared. */
+static PyObject *relay_fetch_error(void)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    return PyErr_GetRaisedException();
+#else
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    PyErr_NormalizeException(&type, &value, &traceback);
+    if (traceback != NULL) {
+        PyException_SetTraceback(value, traceback);
+        Py_DECREF(traceback);
+    }
+    Py_XDECREF(type);
+    return value;
+#endif
+}
+
+/* One step of the iterator: send `arg`, or throw `args` (a tuple) when it is not NULL. */
+static int relay_advance(PyObject *iter, PyObject *arg, PyObject *args, PyObject **value)
+{
+    if (args == NULL) {
+#if PY_VERSION_HEX >= 0x030A0000
+        PySendResult status = PyIter_Send(iter, arg, value);
+        return status == PYGEN_NEXT ? RELAY_NEXT : status == PYGEN_RETURN ? RELAY_RETURN : RELAY_ERROR;
+#else
+        if (arg == Py_None && PyIter_Check(iter)) {
+            *value = Py_TYPE(iter)->tp_iternext(iter);
+        } else {
+            *value = PyObject_CallMethod(iter, "send", "O", arg);
+        }
+#endif
+    } else {
+        PyObject *throw = PyObject_GetAttrString(iter, "throw");
+        if (throw == NULL) {
+            /* An iterator without throw(): the error is raised where it is awaited. */
+            if (!PyErr_ExceptionMatches(PyExc_AttributeError)) return RELAY_ERROR;
+            PyErr_Clear();
+            PyErr_SetObject((PyObject *)Py_TYPE(PyTuple_GET_ITEM(args, 0)), PyTuple_GET_ITEM(args, 0));
+            *value = NULL;
+            return RELAY_ERROR;
+        }
+        *value = PyObject_Call(throw, args, NULL);
+        Py_DECREF(throw);
+    }
+    if (*value != NULL) return RELAY_NEXT;
+    if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_StopIteration)) return RELAY_ERROR;
+    {
+        /* returned: the value travels in StopIteration (or is None without one) */
+        PyObject *error = PyErr_Occurred() ? relay_fetch_error() : NULL;
+        PyObject *result = error != NULL ? PyObject_GetAttrString(error, "value") : (Py_INCREF(Py_None), Py_None);
+        Py_XDECREF(error);
+        *value = result;
+        return result != NULL ? RELAY_RETURN : RELAY_ERROR;
+    }
+}
+
+static void relay_release(MediatorRelay *self)
+{
+    Py_CLEAR(self->inner);
+    Py_CLEAR(self->owner);
+    Py_CLEAR(self->subject);
+}
+
+/* Advance the relay: RELAY_NEXT (*out = what the inner awaitable yielded), RELAY_RETURN
+   (*out = the relay's value) or RELAY_ERROR (an exception is set). */
+static int relay_step(MediatorRelay *self, PyObject *arg, PyObject *throw_args, PyObject **out)
+{
+    PyObject *iter, *value = NULL, *owner, *subject;
+    mediator_relay_fn finish;
+    int status;
+    *out = NULL;
+    if (self->running) {
+        PyErr_SetString(PyExc_ValueError, "relay already executing");
+        return RELAY_ERROR;
+    }
+    if (self->inner == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited relay");
+        return RELAY_ERROR;
+    }
+    if (!self->started) {
+        iter = relay_await_iter(self->inner);
+        self->started = 1;
+        if (iter == NULL) {
+            status = RELAY_ERROR;
+            goto finished;
+        }
+        Py_SETREF(self->inner, iter);
+    }
+    iter = self->inner;
+    Py_INCREF(iter);
+    self->running = 1;
+    status = relay_advance(iter, arg, throw_args, &value);
+    self->running = 0;
+    Py_DECREF(iter);
+    if (status == RELAY_NEXT) {
+        *out = value;
+        return RELAY_NEXT;
+    }
+finished:
+    /* The inner awaitable is done: the relay's own references go before the hooks run. */
+    owner = self->owner;
+    subject = self->subject;
+    self->owner = self->subject = NULL;
+    Py_CLEAR(self->inner);
+    if (status == RELAY_RETURN) {
+        finish = self->on_return;
+        if (finish != NULL) {
+            *out = finish(owner, subject, value);
+            Py_DECREF(value);
+        } else {
+            *out = value;
+        }
+    } else if (self->on_error != NULL && PyErr_ExceptionMatches(PyExc_Exception)) {
+        PyObject *error = relay_fetch_error();
+        *out = self->on_error(owner, subject, error);
+        Py_DECREF(error);
+    }
+    Py_DECREF(owner);
+    Py_DECREF(subject);
+    return *out != NULL ? RELAY_RETURN : RELAY_ERROR;
+}
+
+/* A return as the iterator protocol spells it: StopIteration carrying the value. */
+static void relay_set_stop(PyObject *value)
+{
+    if (PyTuple_Check(value) || PyExceptionInstance_Check(value)) {
+        PyObject *stop = PyObject_CallFunctionObjArgs(PyExc_StopIteration, value, NULL);
+        if (stop == NULL) return;
+        PyErr_SetObject(PyExc_StopIteration, stop);
+        Py_DECREF(stop);
+    } else {
+        PyErr_SetObject(PyExc_StopIteration, value);
+    }
+}
+
+static PyObject *relay_iternext(MediatorRelay *self)
+{
+    PyObject *out;
+    if (relay_step(self, Py_None, NULL, &out) != RELAY_RETURN) return out;
+    if (out != Py_None) relay_set_stop(out);  /* a bare NULL reads as `return None` */
+    Py_DECREF(out);
+    return NULL;
+}
+
+static PyObject *relay_resume(MediatorRelay *self, PyObject *arg, PyObject *throw_args)
+{
+    PyObject *out;
+    if (relay_step(self, arg, throw_args, &out) != RELAY_RETURN) return out;
+    if (out == Py_None) PyErr_SetNone(PyExc_StopIteration);
+    else relay_set_stop(out);
+    Py_DECREF(out);
+    return NULL;
+}
+
+static PyObject *relay_send(MediatorRelay *self, PyObject *arg)
+{
+    return relay_resume(self, arg, NULL);
+}
+
+static PyObject *relay_throw(MediatorRelay *self, PyObject *args)
+{
+    if (PyTuple_GET_SIZE(args) < 1 || PyTuple_GET_SIZE(args) > 3) {
+        PyErr_SetString(PyExc_TypeError, "throw expected 1 to 3 arguments");
+        return NULL;
+    }
+    return relay_resume(self, Py_None, args);
+}
+
+static PyObject *relay_close(MediatorRelay *self, PyObject *unused)
+{
+    PyObject *inner = self->inner, *result;
+    if (self->running) {
+        PyErr_SetString(PyExc_ValueError, "relay already executing");
+        return NULL;
+    }
+    if (inner == NULL) Py_RETURN_NONE;
+    Py_INCREF(inner);
+    relay_release(self);
+    result = PyObject_CallMethod(inner, "close", NULL);
+    if (result == NULL && PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Clear();  /* an iterator without close(): nothing to close, as for `yield from` */
+        result = Py_None;
+        Py_INCREF(result);
+    }
+    Py_DECREF(inner);
+    return result;
+}
+
+#if PY_VERSION_HEX >= 0x030A0000
+static PySendResult relay_am_send(MediatorRelay *self, PyObject *arg, PyObject **result)
+{
+    int status = relay_step(self, arg, NULL, result);
+    return status == RELAY_NEXT ? PYGEN_NEXT : status == RELAY_RETURN ? PYGEN_RETURN : PYGEN_ERROR;
+}
+#endif
+
+static PyObject *relay_await(PyObject *self)
+{
+    Py_INCREF(self);
+    return self;
+}
+
+static int relay_traverse(MediatorRelay *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->inner);
+    Py_VISIT(self->owner);
+    Py_VISIT(self->subject);
+    return 0;
+}
+
+static int relay_clear(MediatorRelay *self)
+{
+    relay_release(self);
+    return 0;
+}
+
+static void relay_dealloc(MediatorRelay *self)
+{
+    PyObject_GC_UnTrack(self);
+    relay_release(self);
+    if (relay_freelist_count < RELAY_FREELIST_SIZE) {
+        relay_freelist[relay_freelist_count++] = self;
+    } else {
+        PyObject_GC_Del(self);
+    }
+}
+
+static PyMethodDef relay_methods[] = {
+    {"send", (PyCFunction)relay_send, METH_O, "send(value): resume with value."},
+    {"throw", (PyCFunction)relay_throw, METH_VARARGS, "throw(error): raise error where it waits."},
+    {"close", (PyCFunction)relay_close, METH_NOARGS, "close(): close the awaitable it drives."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyAsyncMethods relay_as_async = {
+    relay_await, /* am_await */
+    0,           /* am_aiter */
+    0,           /* am_anext */
+#if PY_VERSION_HEX >= 0x030A0000
+    (sendfunc)relay_am_send,
+#endif
+};
+
+static PyTypeObject MediatorRelay_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    "mediator._core.Relay",
+    sizeof(MediatorRelay),
+    0,
+};
+
+static int mediator_relay_ready(void)
+{
+    MediatorRelay_Type.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC;
+    MediatorRelay_Type.tp_doc = "An awaitable relaying another one's outcome through the engine.";
+    MediatorRelay_Type.tp_dealloc = (destructor)relay_dealloc;
+    MediatorRelay_Type.tp_traverse = (traverseproc)relay_traverse;
+    MediatorRelay_Type.tp_clear = (inquiry)relay_clear;
+    MediatorRelay_Type.tp_iter = PyObject_SelfIter;
+    MediatorRelay_Type.tp_iternext = (iternextfunc)relay_iternext;
+    MediatorRelay_Type.tp_methods = relay_methods;
+    MediatorRelay_Type.tp_as_async = &relay_as_async;
+    return PyType_Ready(&MediatorRelay_Type);
+}
