@@ -25,6 +25,7 @@ TARGETS: Dict[str, Tuple[str, Tuple[Optional[float], ...]]] = {
     "request": ("await handler(cmd)", (1.3, 2.5, 1.5)),
     "request_inject": ("await handler(cmd, user=u)", (1.8, 3.5, 2.0)),
     "request_3mod": ("the 3 layers nested by hand", (1.25, 2.0, 1.5)),
+    "request_3mod_by_hand": ("the 3 layers nested by hand", (None, None, None)),
     "request_3hooks": ("await handler(cmd)", (1.5, 5.0, 2.0)),
     "request_3hooks_by_hand": ("await handler(cmd)", (None, None, None)),
     "request_3hooks_before": ("await handler(cmd)", (None, None, None)),

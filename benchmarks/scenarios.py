@@ -158,6 +158,37 @@ async def bench_request_3mod(n: int, rounds: int) -> Dict[str, float]:
     return await compare(nested, via_bus, n, rounds)
 
 
+async def bench_request_3mod_by_hand(n: int, rounds: int) -> Dict[str, float]:
+    """The floor of ``request_3mod`` in Python: the modifier contract written out by hand.
+
+    The same three ``PassThrough`` layers around an innermost coroutine that wraps the
+    handler's value in an ``ActionResult``, entered with an ``ActionSubject`` and unwrapped
+    by an outer coroutine: what ``ModifierStack.build`` plus an unwrap would run.
+    """
+    command = Command()
+    outer = _pass_through(_pass_through(_pass_through(handle)))
+
+    async def innermost(action: ActionSubject) -> ActionResult:
+        return ActionResult(await handle(action.subject))
+
+    stack = innermost
+    for factory in (PassThrough(), PassThrough(), PassThrough()):
+        stack = factory.create(stack, target=innermost)
+
+    async def dispatch(command: Command) -> Any:
+        return (await stack(ActionSubject(command, {}))).result
+
+    async def nested(k: int) -> None:
+        for _ in range(k):
+            await outer(command)
+
+    async def by_hand(k: int) -> None:
+        for _ in range(k):
+            await dispatch(command)
+
+    return await compare(nested, by_hand, n, rounds)
+
+
 async def bench_request_3hooks(n: int, rounds: int) -> Dict[str, float]:
     return await _execute_vs_direct(LocalRequestBus(modifiers=[Observe(), Observe(), Observe()]), n, rounds)
 
@@ -341,6 +372,7 @@ SCENARIOS = {
     "request": bench_request,
     "request_inject": bench_request_inject,
     "request_3mod": bench_request_3mod,
+    "request_3mod_by_hand": bench_request_3mod_by_hand,
     "request_3hooks": bench_request_3hooks,
     "request_3hooks_by_hand": bench_request_3hooks_by_hand,
     "request_3hooks_before": bench_request_3hooks_before,
