@@ -8,6 +8,7 @@ the handler call. ``mediator._engine`` picks this module or the compiled one.
 import asyncio
 import logging
 from contextvars import copy_context
+from types import FunctionType, MethodType
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 from mediator._compat import add_note, resume_in_task
@@ -192,7 +193,7 @@ class Route:
 
     __slots__ = (
         "handler", "invoker", "_befores", "_afters", "_errors", "_wraps",
-        "_direct", "_ignores_inject", "_kw_names", "_kw_all", "_kw_exclude", "_inline", "_stream",
+        "_direct", "_ignores_inject", "_kw_names", "_kw_all", "_kw_exclude", "_kw_next", "_inline", "_stream",
     )
 
     def __init__(
@@ -222,6 +223,13 @@ class Route:
         self._kw_names = invoker._names if direct and invoker._mode == _FILTER else None
         self._kw_all = direct and invoker._mode == _ALL and not invoker._renames
         self._kw_exclude = invoker.subject_param
+        # An injected name _direct takes as its second argument: one such, alone, is passed
+        # by position, without spreading a kwargs dict (the most common injection).
+        next_param = _next_positional(invoker.fn) if direct else None
+        takes_it = next_param is not None and next_param != invoker.subject_param and (
+            self._kw_all or (self._kw_names is not None and next_param in self._kw_names)
+        )
+        self._kw_next = next_param if takes_it else None
 
     def invoke(self, subject: Any, inject: Dict[str, Any]) -> Any:
         """Start the handler; returns an awaitable of its (hook-processed) result."""
@@ -276,6 +284,20 @@ class Route:
         return result
 
 
+def _next_positional(fn: Any) -> Optional[str]:
+    """The name of ``fn``'s second parameter when ``fn(subject, value)`` binds exactly as
+    ``fn(subject, name=value)`` would (positional-or-keyword, of a plain function), else ``None``.
+    """
+    function, skip = (fn.__func__, 1) if type(fn) is MethodType else (fn, 0)
+    if type(function) is not FunctionType:
+        return None
+    code = function.__code__
+    index = skip + 1
+    if code.co_posonlyargcount <= index < code.co_argcount:
+        return code.co_varnames[index]
+    return None
+
+
 def _check_layers(*stages: Tuple[Any, ...]) -> None:
     if len({len(stage) for stage in stages if stage}) > 1:
         raise ValueError("hook stages must be aligned: one entry per layer in each")
@@ -290,6 +312,7 @@ class PipelineRoute:
     _kw_names = None
     _kw_all = False
     _kw_exclude = None
+    _kw_next = None
 
     def __init__(self, handler: Any, pipeline: Callable[[ActionSubject], Any]) -> None:
         self.handler = handler
@@ -345,6 +368,8 @@ class RequestDispatcher:
             if direct is not None:
                 if not inject or route._ignores_inject:
                     return direct(obj)
+                if len(inject) == 1 and route._kw_next in inject:  # by position: same binding
+                    return direct(obj, inject[route._kw_next])
                 if (route._kw_names is not None and inject.keys() <= route._kw_names) or (
                     route._kw_all and route._kw_exclude not in inject
                 ):
