@@ -188,11 +188,11 @@ class Route:
     Hook layers are given outermost first as three aligned tuples (``None`` where a
     layer has no such stage). Befores run in order, then the handler; afters (which
     may replace the result) and error hooks unwind in reverse, exactly as nested
-    ``try`` blocks would, but as one loop with no coroutine per layer.
+    ``try`` blocks would, but with no coroutine per layer.
     """
 
     __slots__ = (
-        "handler", "invoker", "_befores", "_afters", "_errors", "_wraps",
+        "handler", "invoker", "_call", "_befores", "_afters", "_errors", "_enter_steps", "_exit_steps",
         "_direct", "_ignores_inject", "_kw_names", "_kw_all", "_kw_exclude", "_kw_next", "_inline", "_stream",
     )
 
@@ -207,14 +207,23 @@ class Route:
         _check_layers(befores, afters, errors)
         self.handler = handler
         self.invoker = invoker
-        self._befores = befores if any(befores) else ()
-        self._afters = afters
-        self._errors = errors
-        self._wraps = any(afters) or any(errors)
+        # The stages there are, with the depth of their layer (what an error unwinds):
+        # befores in order, afters innermost first.
+        self._enter_steps = tuple((depth, before) for depth, before in enumerate(befores) if before is not None)
+        self._exit_steps = tuple((depth, after) for depth, after in enumerate(afters) if after is not None)[::-1]
+        self._errors = errors if any(errors) else ()
+        # Without error stages no depth is needed: up to three befores and three afters run
+        # as straight-line calls, from these triples padded with None (cheaper than a loop
+        # on CPython; PyPy's JIT inlines them, where it does not inline a short loop).
+        # ``_befores`` is None when the stages take the general path (_invoke_unwinding).
+        straight = not self._errors and len(self._enter_steps) <= 3 and len(self._exit_steps) <= 3
+        self._befores = _triple(self._enter_steps) if straight else None
+        self._afters = _triple(self._exit_steps) if straight else (None, None, None)
+        # fn(subject) when that is the whole call of the handler, else None: the invoker.
+        simple = invoker.subject_name is None and invoker.kind == "async"
+        self._call = invoker.fn if simple and invoker._mode == _DROP else None
         # The handler function itself, when fn(subject) is the whole call (see execute).
-        direct = (
-            not self._befores and not self._wraps and invoker.subject_name is None and invoker.kind == "async"
-        )
+        direct = simple and not self._enter_steps and not self._exit_steps and not self._errors
         self._inline = invoker.kind == "sync"  # an event bus runs it in place, without a task
         self._stream = invoker.kind == "stream"  # answers bus.stream(), not execute()
         self._direct = invoker.fn if direct else None
@@ -233,55 +242,77 @@ class Route:
 
     def invoke(self, subject: Any, inject: Dict[str, Any]) -> Any:
         """Start the handler; returns an awaitable of its (hook-processed) result."""
-        if self._befores:
-            self._enter(subject, inject)
-        if self._wraps:
-            try:
-                awaitable = self.invoker(subject, inject)
-            except Exception as error:  # e.g. it binds badly: the hooks that ran see it
-                return self._unwind(len(self._errors), subject, None, error)
-            return self._finish(awaitable, subject)
-        return self.invoker(subject, inject)
+        befores = self._befores
+        if befores is None:
+            return self._invoke_unwinding(subject, inject)
+        first, second, third = befores
+        if first is not None:
+            first(subject, inject)
+        if second is not None:
+            second(subject, inject)
+        if third is not None:
+            third(subject, inject)
+        call = self._call
+        awaitable = call(subject) if call is not None else self.invoker(subject, inject)
+        return self._finish(awaitable, subject) if self._exit_steps else awaitable
+
+    async def _finish(self, awaitable: Any, subject: Any) -> Any:
+        result = await awaitable
+        inner, middle, outer = self._afters
+        if inner is not None:
+            result = inner(subject, result)
+        if middle is not None:
+            result = middle(subject, result)
+        if outer is not None:
+            result = outer(subject, result)
+        return result
 
     async def action(self, action: ActionSubject) -> ActionResult:
         """This route as the innermost call of a modifier stack."""
         return ActionResult(await self.invoke(action.subject, action.inject))
 
-    def _enter(self, subject: Any, inject: Dict[str, Any]) -> None:
-        for depth, before in enumerate(self._befores):
-            if before is None:
-                continue
+    def _invoke_unwinding(self, subject: Any, inject: Dict[str, Any]) -> Any:
+        """``invoke`` with error stages (or more than three hooks): each stage by its depth."""
+        for depth, before in self._enter_steps:
             try:
                 before(subject, inject)
             except Exception as error:
-                self._unwind(depth, subject, None, error)
+                self._unwind(depth, subject, error)
+        try:
+            awaitable = self.invoker(subject, inject)
+        except Exception as error:  # e.g. it binds badly: the hooks that ran see it
+            self._unwind(len(self._errors), subject, error)
+        if not self._exit_steps and not self._errors:
+            return awaitable
+        return self._finish_unwinding(awaitable, subject)
 
-    async def _finish(self, awaitable: Any, subject: Any) -> Any:
+    async def _finish_unwinding(self, awaitable: Any, subject: Any) -> Any:
         try:
             result = await awaitable
         except Exception as error:
-            return self._unwind(len(self._errors), subject, None, error)
-        return self._unwind(len(self._afters), subject, result, None)
+            self._unwind(len(self._errors), subject, error)
+        for depth, after in self._exit_steps:
+            try:
+                result = after(subject, result)
+            except Exception as error:
+                failure = error
+                break
+        else:
+            return result
+        self._unwind(depth, subject, failure)  # the layers outside it see the error
 
-    def _unwind(self, depth: int, subject: Any, result: Any, error: Optional[Exception]) -> Any:
-        """Run after/error stages of layers ``depth-1 .. 0``; return or raise the outcome."""
-        afters, errors = self._afters, self._errors
-        for index in range(depth - 1, -1, -1):
-            hook = afters[index] if error is None else errors[index]
+    def _unwind(self, depth: int, subject: Any, error: Exception) -> None:
+        """Run the error stages of layers ``depth-1 .. 0`` and raise the outcome."""
+        for hook in reversed(self._errors[:depth]):
             if hook is None:
                 continue
             try:
-                if error is None:
-                    result = hook(subject, result)
-                else:
-                    hook(subject, error)
+                hook(subject, error)
             except Exception as raised:
                 if raised is not error and raised.__context__ is None:
                     raised.__context__ = error
                 error = raised
-        if error is not None:
-            raise error
-        return result
+        raise error
 
 
 def _next_positional(fn: Any) -> Optional[str]:
@@ -296,6 +327,12 @@ def _next_positional(fn: Any) -> Optional[str]:
     if code.co_posonlyargcount <= index < code.co_argcount:
         return code.co_varnames[index]
     return None
+
+
+def _triple(steps: Tuple[Tuple[int, Any], ...]) -> Tuple[Any, Any, Any]:
+    """The stages of up to three (depth, stage) steps, padded with None to three."""
+    stages = tuple(stage for _, stage in steps)
+    return stages + (None,) * (3 - len(stages))
 
 
 def _check_layers(*stages: Tuple[Any, ...]) -> None:
