@@ -161,6 +161,10 @@ class Invoker:
 
 _KINDS = ("async", "sync", "stream")
 
+# Per-dispatch ActionSubject and ActionResult are made with _new and two slot stores:
+# a call of the class (and of its Python __init__) costs about twice as much.
+_new = object.__new__
+
 
 def _is_awaitable(value: Any) -> bool:
     """Whether a sync handler returned an awaitable (a decorated async function, say)."""
@@ -192,7 +196,7 @@ class Route:
     """
 
     __slots__ = (
-        "handler", "invoker", "_call", "_befores", "_afters", "_errors", "_enter_steps", "_exit_steps",
+        "handler", "invoker", "_call", "_pipeline", "_befores", "_afters", "_errors", "_enter_steps", "_exit_steps",
         "_direct", "_ignores_inject", "_kw_names", "_kw_all", "_kw_exclude", "_kw_next", "_inline", "_stream",
     )
 
@@ -207,6 +211,7 @@ class Route:
         _check_layers(befores, afters, errors)
         self.handler = handler
         self.invoker = invoker
+        self._pipeline = None  # see PipelineRoute
         # The stages there are, with the depth of their layer (what an error unwinds):
         # befores in order, afters innermost first.
         self._enter_steps = tuple((depth, before) for depth, before in enumerate(befores) if before is not None)
@@ -269,6 +274,11 @@ class Route:
 
     async def action(self, action: ActionSubject) -> ActionResult:
         """This route as the innermost call of a modifier stack."""
+        direct = self._direct
+        if direct is not None and self._ignores_inject:  # fn(subject) is the whole call
+            result = _new(ActionResult)
+            result.result = await direct(action.subject)
+            return result
         return ActionResult(await self.invoke(action.subject, action.inject))
 
     def _invoke_unwinding(self, subject: Any, inject: Dict[str, Any]) -> Any:
@@ -343,8 +353,7 @@ def _check_layers(*stages: Tuple[Any, ...]) -> None:
 class PipelineRoute:
     """A registered handler behind a ``ModifierFactory`` stack (the general path)."""
 
-    __slots__ = ("handler", "pipeline", "_stream", "_inline")
-    _direct = None
+    __slots__ = ("handler", "pipeline", "_stream", "_inline", "_direct", "_pipeline")
     _ignores_inject = False
     _kw_names = None
     _kw_all = False
@@ -354,12 +363,18 @@ class PipelineRoute:
     def __init__(self, handler: Any, pipeline: Callable[[ActionSubject], Any]) -> None:
         self.handler = handler
         self.pipeline = pipeline
+        # execute reads these of every route: slots (a class attribute is a slower read)
+        self._direct = None
+        self._pipeline = pipeline  # execute runs the stack itself, as invoke would
         self._stream = getattr(handler, "kind", None) == "stream"
         self._inline = getattr(handler, "kind", None) == "sync"
 
     def invoke(self, subject: Any, inject: Dict[str, Any]) -> Any:
         """Run the stack; returns a coroutine of the unwrapped result."""
-        return _unwrap(self, self.pipeline(ActionSubject(subject, inject)))
+        action = _new(ActionSubject)
+        action.subject = subject
+        action.inject = inject
+        return _unwrap(self, self.pipeline(action))
 
 
 async def _unwrap(route: PipelineRoute, awaitable: Any) -> Any:
@@ -413,6 +428,12 @@ class RequestDispatcher:
                     return direct(obj, **inject)
             if route._stream:
                 return _raise(_stream_misuse(route, obj))
+            pipeline = route._pipeline
+            if pipeline is not None:  # PipelineRoute.invoke, inlined
+                action = _new(ActionSubject)
+                action.subject = obj
+                action.inject = inject
+                return _unwrap(route, pipeline(action))
             return route.invoke(obj, inject)
         except Exception as error:  # raise at await time, as an async call would
             return _raise(error)
