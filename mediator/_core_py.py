@@ -8,7 +8,7 @@ the handler call. ``mediator._engine`` picks this module or the compiled one.
 import asyncio
 import logging
 from contextvars import copy_context
-from types import FunctionType, MethodType
+from types import CoroutineType, FunctionType, MethodType
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 from mediator._compat import add_note, resume_in_task
@@ -456,6 +456,11 @@ class RequestDispatcher:
         return LookupError(f"no handler for {type(obj)!r}")
 
 
+# What next(coroutine.__await__(), _DONE) returns once the coroutine has returned: the
+# first step of a handler, without the StopIteration that coroutine.send(None) raises
+# (and the except clause catching it), which cost more than a whole trivial handler.
+_DONE = object()
+
 # Publish strategies the engine runs itself (see mediator.event.strategies).
 _BACKGROUND = 0
 _CONCURRENT = 1
@@ -545,15 +550,22 @@ class EventDispatcher:
         else:
             errors = None
             pending = None
+            plain = not inject
             for route in group:
                 # _start inlined: a method call per handler shows on this path.
                 context = copy_context()
                 try:
-                    if route._direct is not None and (not inject or route._ignores_inject):
-                        coroutine = route._direct(obj)
+                    direct = route._direct
+                    if direct is not None and (plain or route._ignores_inject):
+                        coroutine = direct(obj)
                     else:  # its modifiers may change inject: the next handler gets it unchanged
                         coroutine = context.run(route.invoke, obj, dict(inject))
-                    yielded = context.run(coroutine.send, None)
+                    if type(coroutine) is CoroutineType:  # see _DONE
+                        yielded = context.run(next, coroutine.__await__(), _DONE)
+                        if yielded is _DONE:
+                            continue
+                    else:
+                        yielded = context.run(coroutine.send, None)
                 except StopIteration:
                     continue
                 except Exception as error:
@@ -578,10 +590,15 @@ class EventDispatcher:
             coroutine = route._direct(obj)
         else:
             coroutine = context.run(route.invoke, obj, dict(inject))
-        try:
-            yielded = context.run(coroutine.send, None)
-        except StopIteration:
-            return None
+        if type(coroutine) is CoroutineType:  # see _DONE
+            yielded = context.run(next, coroutine.__await__(), _DONE)
+            if yielded is _DONE:
+                return None
+        else:
+            try:
+                yielded = context.run(coroutine.send, None)
+            except StopIteration:
+                return None
         return resume_in_task(coroutine, yielded, context)
 
     async def _sequential(self, group: Tuple[Any, ...], obj: Any, inject: Dict[str, Any]) -> Optional[list]:
