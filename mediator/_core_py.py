@@ -8,6 +8,7 @@ the handler call. ``mediator._engine`` picks this module or the compiled one.
 import asyncio
 import logging
 from contextvars import copy_context
+from types import CoroutineType, FunctionType, MethodType
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 from mediator._compat import add_note, resume_in_task
@@ -160,6 +161,10 @@ class Invoker:
 
 _KINDS = ("async", "sync", "stream")
 
+# Per-dispatch ActionSubject and ActionResult are made with _new and two slot stores:
+# a call of the class (and of its Python __init__) costs about twice as much.
+_new = object.__new__
+
 
 def _is_awaitable(value: Any) -> bool:
     """Whether a sync handler returned an awaitable (a decorated async function, say)."""
@@ -187,12 +192,12 @@ class Route:
     Hook layers are given outermost first as three aligned tuples (``None`` where a
     layer has no such stage). Befores run in order, then the handler; afters (which
     may replace the result) and error hooks unwind in reverse, exactly as nested
-    ``try`` blocks would, but as one loop with no coroutine per layer.
+    ``try`` blocks would, but with no coroutine per layer.
     """
 
     __slots__ = (
-        "handler", "invoker", "_befores", "_afters", "_errors", "_wraps",
-        "_direct", "_ignores_inject", "_kw_names", "_kw_all", "_kw_exclude", "_inline", "_stream",
+        "handler", "invoker", "_call", "_pipeline", "_befores", "_afters", "_errors", "_enter_steps", "_exit_steps",
+        "_direct", "_ignores_inject", "_kw_names", "_kw_all", "_kw_exclude", "_kw_next", "_inline", "_stream",
     )
 
     def __init__(
@@ -206,14 +211,24 @@ class Route:
         _check_layers(befores, afters, errors)
         self.handler = handler
         self.invoker = invoker
-        self._befores = befores if any(befores) else ()
-        self._afters = afters
-        self._errors = errors
-        self._wraps = any(afters) or any(errors)
+        self._pipeline = None  # see PipelineRoute
+        # The stages there are, with the depth of their layer (what an error unwinds):
+        # befores in order, afters innermost first.
+        self._enter_steps = tuple((depth, before) for depth, before in enumerate(befores) if before is not None)
+        self._exit_steps = tuple((depth, after) for depth, after in enumerate(afters) if after is not None)[::-1]
+        self._errors = errors if any(errors) else ()
+        # Without error stages no depth is needed: up to three befores and three afters run
+        # as straight-line calls, from these triples padded with None (cheaper than a loop
+        # on CPython; PyPy's JIT inlines them, where it does not inline a short loop).
+        # ``_befores`` is None when the stages take the general path (_invoke_unwinding).
+        straight = not self._errors and len(self._enter_steps) <= 3 and len(self._exit_steps) <= 3
+        self._befores = _triple(self._enter_steps) if straight else None
+        self._afters = _triple(self._exit_steps) if straight else (None, None, None)
+        # fn(subject) when that is the whole call of the handler, else None: the invoker.
+        simple = invoker.subject_name is None and invoker.kind == "async"
+        self._call = invoker.fn if simple and invoker._mode == _DROP else None
         # The handler function itself, when fn(subject) is the whole call (see execute).
-        direct = (
-            not self._befores and not self._wraps and invoker.subject_name is None and invoker.kind == "async"
-        )
+        direct = simple and not self._enter_steps and not self._exit_steps and not self._errors
         self._inline = invoker.kind == "sync"  # an event bus runs it in place, without a task
         self._stream = invoker.kind == "stream"  # answers bus.stream(), not execute()
         self._direct = invoker.fn if direct else None
@@ -222,58 +237,112 @@ class Route:
         self._kw_names = invoker._names if direct and invoker._mode == _FILTER else None
         self._kw_all = direct and invoker._mode == _ALL and not invoker._renames
         self._kw_exclude = invoker.subject_param
+        # An injected name _direct takes as its second argument: one such, alone, is passed
+        # by position, without spreading a kwargs dict (the most common injection).
+        next_param = _next_positional(invoker.fn) if direct else None
+        takes_it = next_param is not None and next_param != invoker.subject_param and (
+            self._kw_all or (self._kw_names is not None and next_param in self._kw_names)
+        )
+        self._kw_next = next_param if takes_it else None
 
     def invoke(self, subject: Any, inject: Dict[str, Any]) -> Any:
         """Start the handler; returns an awaitable of its (hook-processed) result."""
-        if self._befores:
-            self._enter(subject, inject)
-        if self._wraps:
-            try:
-                awaitable = self.invoker(subject, inject)
-            except Exception as error:  # e.g. it binds badly: the hooks that ran see it
-                return self._unwind(len(self._errors), subject, None, error)
-            return self._finish(awaitable, subject)
-        return self.invoker(subject, inject)
+        befores = self._befores
+        if befores is None:
+            return self._invoke_unwinding(subject, inject)
+        first, second, third = befores
+        if first is not None:
+            first(subject, inject)
+        if second is not None:
+            second(subject, inject)
+        if third is not None:
+            third(subject, inject)
+        call = self._call
+        awaitable = call(subject) if call is not None else self.invoker(subject, inject)
+        return self._finish(awaitable, subject) if self._exit_steps else awaitable
+
+    async def _finish(self, awaitable: Any, subject: Any) -> Any:
+        result = await awaitable
+        inner, middle, outer = self._afters
+        if inner is not None:
+            result = inner(subject, result)
+        if middle is not None:
+            result = middle(subject, result)
+        if outer is not None:
+            result = outer(subject, result)
+        return result
 
     async def action(self, action: ActionSubject) -> ActionResult:
         """This route as the innermost call of a modifier stack."""
+        direct = self._direct
+        if direct is not None and self._ignores_inject:  # fn(subject) is the whole call
+            result = _new(ActionResult)
+            result.result = await direct(action.subject)
+            return result
         return ActionResult(await self.invoke(action.subject, action.inject))
 
-    def _enter(self, subject: Any, inject: Dict[str, Any]) -> None:
-        for depth, before in enumerate(self._befores):
-            if before is None:
-                continue
+    def _invoke_unwinding(self, subject: Any, inject: Dict[str, Any]) -> Any:
+        """``invoke`` with error stages (or more than three hooks): each stage by its depth."""
+        for depth, before in self._enter_steps:
             try:
                 before(subject, inject)
             except Exception as error:
-                self._unwind(depth, subject, None, error)
+                self._unwind(depth, subject, error)
+        try:
+            awaitable = self.invoker(subject, inject)
+        except Exception as error:  # e.g. it binds badly: the hooks that ran see it
+            self._unwind(len(self._errors), subject, error)
+        if not self._exit_steps and not self._errors:
+            return awaitable
+        return self._finish_unwinding(awaitable, subject)
 
-    async def _finish(self, awaitable: Any, subject: Any) -> Any:
+    async def _finish_unwinding(self, awaitable: Any, subject: Any) -> Any:
         try:
             result = await awaitable
         except Exception as error:
-            return self._unwind(len(self._errors), subject, None, error)
-        return self._unwind(len(self._afters), subject, result, None)
+            self._unwind(len(self._errors), subject, error)
+        for depth, after in self._exit_steps:
+            try:
+                result = after(subject, result)
+            except Exception as error:
+                failure = error
+                break
+        else:
+            return result
+        self._unwind(depth, subject, failure)  # the layers outside it see the error
 
-    def _unwind(self, depth: int, subject: Any, result: Any, error: Optional[Exception]) -> Any:
-        """Run after/error stages of layers ``depth-1 .. 0``; return or raise the outcome."""
-        afters, errors = self._afters, self._errors
-        for index in range(depth - 1, -1, -1):
-            hook = afters[index] if error is None else errors[index]
+    def _unwind(self, depth: int, subject: Any, error: Exception) -> None:
+        """Run the error stages of layers ``depth-1 .. 0`` and raise the outcome."""
+        for hook in reversed(self._errors[:depth]):
             if hook is None:
                 continue
             try:
-                if error is None:
-                    result = hook(subject, result)
-                else:
-                    hook(subject, error)
+                hook(subject, error)
             except Exception as raised:
                 if raised is not error and raised.__context__ is None:
                     raised.__context__ = error
                 error = raised
-        if error is not None:
-            raise error
-        return result
+        raise error
+
+
+def _next_positional(fn: Any) -> Optional[str]:
+    """The name of ``fn``'s second parameter when ``fn(subject, value)`` binds exactly as
+    ``fn(subject, name=value)`` would (positional-or-keyword, of a plain function), else ``None``.
+    """
+    function, skip = (fn.__func__, 1) if type(fn) is MethodType else (fn, 0)
+    if type(function) is not FunctionType:
+        return None
+    code = function.__code__
+    index = skip + 1
+    if code.co_posonlyargcount <= index < code.co_argcount:
+        return code.co_varnames[index]
+    return None
+
+
+def _triple(steps: Tuple[Tuple[int, Any], ...]) -> Tuple[Any, Any, Any]:
+    """The stages of up to three (depth, stage) steps, padded with None to three."""
+    stages = tuple(stage for _, stage in steps)
+    return stages + (None,) * (3 - len(stages))
 
 
 def _check_layers(*stages: Tuple[Any, ...]) -> None:
@@ -284,22 +353,28 @@ def _check_layers(*stages: Tuple[Any, ...]) -> None:
 class PipelineRoute:
     """A registered handler behind a ``ModifierFactory`` stack (the general path)."""
 
-    __slots__ = ("handler", "pipeline", "_stream", "_inline")
-    _direct = None
+    __slots__ = ("handler", "pipeline", "_stream", "_inline", "_direct", "_pipeline")
     _ignores_inject = False
     _kw_names = None
     _kw_all = False
     _kw_exclude = None
+    _kw_next = None
 
     def __init__(self, handler: Any, pipeline: Callable[[ActionSubject], Any]) -> None:
         self.handler = handler
         self.pipeline = pipeline
+        # execute reads these of every route: slots (a class attribute is a slower read)
+        self._direct = None
+        self._pipeline = pipeline  # execute runs the stack itself, as invoke would
         self._stream = getattr(handler, "kind", None) == "stream"
         self._inline = getattr(handler, "kind", None) == "sync"
 
     def invoke(self, subject: Any, inject: Dict[str, Any]) -> Any:
         """Run the stack; returns a coroutine of the unwrapped result."""
-        return _unwrap(self, self.pipeline(ActionSubject(subject, inject)))
+        action = _new(ActionSubject)
+        action.subject = subject
+        action.inject = inject
+        return _unwrap(self, self.pipeline(action))
 
 
 async def _unwrap(route: PipelineRoute, awaitable: Any) -> Any:
@@ -345,12 +420,20 @@ class RequestDispatcher:
             if direct is not None:
                 if not inject or route._ignores_inject:
                     return direct(obj)
+                if len(inject) == 1 and route._kw_next in inject:  # by position: same binding
+                    return direct(obj, inject[route._kw_next])
                 if (route._kw_names is not None and inject.keys() <= route._kw_names) or (
                     route._kw_all and route._kw_exclude not in inject
                 ):
                     return direct(obj, **inject)
             if route._stream:
                 return _raise(_stream_misuse(route, obj))
+            pipeline = route._pipeline
+            if pipeline is not None:  # PipelineRoute.invoke, inlined
+                action = _new(ActionSubject)
+                action.subject = obj
+                action.inject = inject
+                return _unwrap(route, pipeline(action))
             return route.invoke(obj, inject)
         except Exception as error:  # raise at await time, as an async call would
             return _raise(error)
@@ -372,6 +455,11 @@ class RequestDispatcher:
     def _missing(self, obj: Any) -> BaseException:
         return LookupError(f"no handler for {type(obj)!r}")
 
+
+# What next(coroutine.__await__(), _DONE) returns once the coroutine has returned: the
+# first step of a handler, without the StopIteration that coroutine.send(None) raises
+# (and the except clause catching it), which cost more than a whole trivial handler.
+_DONE = object()
 
 # Publish strategies the engine runs itself (see mediator.event.strategies).
 _BACKGROUND = 0
@@ -462,15 +550,22 @@ class EventDispatcher:
         else:
             errors = None
             pending = None
+            plain = not inject
             for route in group:
                 # _start inlined: a method call per handler shows on this path.
                 context = copy_context()
                 try:
-                    if route._direct is not None and (not inject or route._ignores_inject):
-                        coroutine = route._direct(obj)
+                    direct = route._direct
+                    if direct is not None and (plain or route._ignores_inject):
+                        coroutine = direct(obj)
                     else:  # its modifiers may change inject: the next handler gets it unchanged
                         coroutine = context.run(route.invoke, obj, dict(inject))
-                    yielded = context.run(coroutine.send, None)
+                    if type(coroutine) is CoroutineType:  # see _DONE
+                        yielded = context.run(next, coroutine.__await__(), _DONE)
+                        if yielded is _DONE:
+                            continue
+                    else:
+                        yielded = context.run(coroutine.send, None)
                 except StopIteration:
                     continue
                 except Exception as error:
@@ -495,10 +590,15 @@ class EventDispatcher:
             coroutine = route._direct(obj)
         else:
             coroutine = context.run(route.invoke, obj, dict(inject))
-        try:
-            yielded = context.run(coroutine.send, None)
-        except StopIteration:
-            return None
+        if type(coroutine) is CoroutineType:  # see _DONE
+            yielded = context.run(next, coroutine.__await__(), _DONE)
+            if yielded is _DONE:
+                return None
+        else:
+            try:
+                yielded = context.run(coroutine.send, None)
+            except StopIteration:
+                return None
         return resume_in_task(coroutine, yielded, context)
 
     async def _sequential(self, group: Tuple[Any, ...], obj: Any, inject: Dict[str, Any]) -> Optional[list]:

@@ -1,6 +1,7 @@
 """Behaviour of LocalEventBus (sync and background modes) and EventAggregate."""
 
 import asyncio
+import collections.abc
 import contextvars
 import gc
 import logging
@@ -564,3 +565,74 @@ def test_publisher_transaction_yields_the_publisher_itself():
                 assert context is publisher
 
     run(main())
+
+
+# --- what a handler answers -------------------------------------------------------
+
+
+class _CustomCoroutine(collections.abc.Coroutine):
+    """A coroutine that is not a native one (what a plain function may return)."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def send(self, value):
+        return self._inner.send(value)
+
+    def throw(self, *args):
+        return self._inner.throw(*args)
+
+    def close(self):
+        self._inner.close()
+
+    def __await__(self):
+        return self._inner.__await__()
+
+
+@pytest.mark.parametrize("strategy", ["concurrent", "sequential", "background"])
+@pytest.mark.parametrize("suspend", [False, True], ids=["returns", "suspends"])
+def test_every_kind_of_handler_answer_runs_to_completion(strategy, suspend):
+    """Values returned, plain functions, and a plain function returning a non-native coroutine."""
+    log = []
+    bus = LocalEventBus(strategy=strategy)
+
+    @bus.register
+    async def returns_a_value(event: Evt):
+        if suspend:
+            await asyncio.sleep(0)
+        log.append("value")
+        return "ignored"
+
+    @bus.register
+    def plain(event: Evt):
+        log.append("plain")
+        return "ignored"
+
+    async def custom_step():
+        if suspend:
+            await asyncio.sleep(0)
+        log.append("custom")
+
+    @bus.register
+    def custom(event: Evt):
+        return _CustomCoroutine(custom_step())
+
+    @bus.register
+    async def fails(event: Evt):
+        if suspend:
+            await asyncio.sleep(0)
+        raise Boom("fails")
+
+    errors = []
+    bus._on_error = lambda error, event, handler: errors.append(error)
+
+    async def main():
+        try:
+            await bus.publish(Evt())
+        except ExceptionGroup as group:
+            errors.extend(group.exceptions)
+        await bus.drain()
+
+    run(main())
+    assert sorted(log) == ["custom", "plain", "value"]
+    assert [type(error) for error in errors] == [Boom]

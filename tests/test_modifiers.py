@@ -512,6 +512,89 @@ def test_hook_error_stages_see_a_handler_that_binds_badly(kind, stack):
     assert _without_layer(log) == ["b1", "b2", "b3", "e3", "e2", "e1"]
 
 
+def _partial_hook(name, log, stages):
+    """A Hook with only the given stages (no error stage unless asked), recording them."""
+
+    def before(subject, inject):
+        log.append(f"b{name}")
+        inject["seen"] = inject.get("seen", "") + name
+
+    def after(subject, result):
+        log.append(f"a{name}")
+        return f"{result}{name}"
+
+    def error(subject, exc):
+        log.append(f"e{name}")
+
+    chosen = {"before": before, "after": after, "error": error}
+    return Hook(**{stage: chosen[stage] for stage in stages})
+
+
+# Stage layouts, outermost layer first: b = before, a = after, e = error.
+LAYOUTS = ["b", "a", "ba", "b,a", "a,b", "ba,ba", "ba,b,a", "ba,ba,ba", "b,b,b", "a,a,a", "ba,ba,ba,ba", "b,a,b,a,b"]
+
+
+def _expected(layout):
+    """The log nested try blocks would give."""
+    layers = layout.split(",")
+    log = [f"b{index}" for index, stages in enumerate(layers) if "b" in stages] + ["handler"]
+    return log + [f"a{index}" for index, stages in reversed(list(enumerate(layers))) if "a" in stages]
+
+
+@BUS_KINDS
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_hooks_without_error_stages_nest_like_try_blocks(kind, layout):
+    log = []
+    layers = layout.split(",")
+    hooks = [_partial_hook(str(index), log, {"b": ["before"], "a": ["after"], "ba": ["before", "after"]}[stages])
+             for index, stages in enumerate(layers)]
+    bus = Bus(kind)
+
+    async def handler(subject: Subject, seen=""):
+        log.append("handler")
+        return seen
+
+    bus.register(handler, modifiers=hooks)
+    result = run(bus.dispatch(Subject()))
+    assert log == _expected(layout)
+    befores = "".join(str(index) for index, stages in enumerate(layers) if "b" in stages)
+    afters = "".join(str(index) for index, stages in reversed(list(enumerate(layers))) if "a" in stages)
+    if kind == "request":
+        assert result == befores + afters  # each before saw the inject dict, each after the result
+
+
+@pytest.mark.parametrize("layout", ["ba,ba,ba", "ba,ba,ba,ba"])
+@pytest.mark.parametrize("fail", ["before", "handler", "after"])
+def test_a_failure_inside_hooks_without_error_stages_propagates(layout, fail):
+    log = []
+    layers = layout.split(",")
+    hooks = [_partial_hook(str(index), log, ["before", "after"]) for index in range(len(layers))]
+    middle = hooks[1]
+    if fail == "before":
+        def before(subject, inject):
+            log.append("b1")
+            raise Boom("before")
+
+        middle.before = before
+    elif fail == "after":
+        def after(subject, result):
+            log.append("a1")
+            raise Boom("after")
+
+        middle.after = after
+    bus = LocalRequestBus()
+    bus.register(recording_handler(log, fail=fail == "handler"), modifiers=hooks)
+    with pytest.raises(Boom):
+        run(bus.execute(Subject()))
+    if fail == "before":
+        assert log == ["b0", "b1"]
+    elif fail == "handler":
+        assert log == [f"b{index}" for index in range(len(layers))] + ["handler"]
+    else:
+        inner = [f"a{index}" for index in range(len(layers) - 1, 1, -1)]
+        assert log == [f"b{index}" for index in range(len(layers))] + ["handler"] + inner + ["a1"]
+
+
 def test_mixed_hooks_and_factories_keep_the_documented_order():
     """Bus hooks/factories outside register's; hooks keep their place among factories."""
     log = []

@@ -1,6 +1,7 @@
 """Behaviour of LocalRequestBus: dispatch, errors, argument injection, concurrency."""
 
 import asyncio
+import functools
 from dataclasses import dataclass
 
 import pytest
@@ -148,6 +149,59 @@ def test_injection(handler, policy, expected):
     bus = LocalRequestBus(policies=[policy])
     bus.register(handler)
     assert run(bus.execute(Ping(5), **INJECT)) == expected
+
+
+async def a_second(request: Ping, a=None, b=None):
+    return ("second", a, b)
+
+
+async def a_third(request: Ping, b=None, a=None):
+    return ("third", a, b)
+
+
+async def a_keyword_only(request: Ping, *, a=None):
+    return ("keyword-only", a)
+
+
+async def a_positional_only(request: Ping, a=None, /, b=None):
+    return ("positional-only", a, b)
+
+
+async def a_var_kwargs(request: Ping, **kwargs):
+    return ("var-kwargs", kwargs)
+
+
+def _wrapped(fn):
+    @functools.wraps(fn)
+    async def wrapper(*args, **kwargs):
+        return ("wrapped", args[1:], kwargs)
+
+    return wrapper
+
+
+class _Methods:
+    async def second(self, request: Ping, a=None):
+        return ("method", a)
+
+
+@pytest.mark.parametrize(
+    "handler, expected",
+    [
+        (a_second, ("second", 1, None)),
+        (a_third, ("third", 1, None)),
+        (a_keyword_only, ("keyword-only", 1)),
+        (a_positional_only, ("positional-only", None, None)),
+        (a_var_kwargs, ("var-kwargs", {"a": 1})),
+        (_wrapped(a_second), ("wrapped", (), {"a": 1})),
+        (_Methods().second, ("method", 1)),
+    ],
+    ids=["second", "third", "keyword-only", "positional-only", "var-kwargs", "wrapped", "method"],
+)
+def test_one_injected_name_reaches_its_parameter_as_by_keyword(handler, expected):
+    """One injected name: passed as the handler would get it by keyword, whatever its position."""
+    bus = LocalRequestBus()
+    bus.register(handler)
+    assert run(bus.execute(Ping(), a=1)) == expected
 
 
 def test_arg_strict_passes_unknown_names_to_a_handler_that_does_not_take_them():
