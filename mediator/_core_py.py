@@ -258,11 +258,15 @@ class Route:
         if third is not None:
             third(subject, inject)
         call = self._call
-        awaitable = call(subject) if call is not None else self.invoker(subject, inject)
-        return self._finish(awaitable, subject) if self._exit_steps else awaitable
+        if self._exit_steps:
+            return self._finish(subject, inject)
+        return call(subject) if call is not None else self.invoker(subject, inject)
 
-    async def _finish(self, awaitable: Any, subject: Any) -> Any:
-        result = await awaitable
+    # The wrapper coroutines below start the handler themselves: one closed unawaited
+    # leaves no handler coroutine behind, never awaited.
+    async def _finish(self, subject: Any, inject: Dict[str, Any]) -> Any:
+        call = self._call
+        result = await (call(subject) if call is not None else self.invoker(subject, inject))
         inner, middle, outer = self._afters
         if inner is not None:
             result = inner(subject, result)
@@ -288,18 +292,14 @@ class Route:
                 before(subject, inject)
             except Exception as error:
                 self._unwind(depth, subject, error)
-        try:
-            awaitable = self.invoker(subject, inject)
-        except Exception as error:  # e.g. it binds badly: the hooks that ran see it
-            self._unwind(len(self._errors), subject, error)
         if not self._exit_steps and not self._errors:
-            return awaitable
-        return self._finish_unwinding(awaitable, subject)
+            return self.invoker(subject, inject)
+        return self._finish_unwinding(subject, inject)
 
-    async def _finish_unwinding(self, awaitable: Any, subject: Any) -> Any:
+    async def _finish_unwinding(self, subject: Any, inject: Dict[str, Any]) -> Any:
         try:
-            result = await awaitable
-        except Exception as error:
+            result = await self.invoker(subject, inject)
+        except Exception as error:  # from the handler, or its call (it binds badly)
             self._unwind(len(self._errors), subject, error)
         for depth, after in self._exit_steps:
             try:
@@ -374,11 +374,12 @@ class PipelineRoute:
         action = _new(ActionSubject)
         action.subject = subject
         action.inject = inject
-        return _unwrap(self, self.pipeline(action))
+        return _unwrap(self, action)
 
 
-async def _unwrap(route: PipelineRoute, awaitable: Any) -> Any:
-    result = await awaitable
+async def _unwrap(route: PipelineRoute, action: ActionSubject) -> Any:
+    """Run the stack (started here: closed unawaited, it leaves nothing behind) and unwrap."""
+    result = await route.pipeline(action)
     if not isinstance(result, ActionResult):
         raise TypeError(
             f"the modifier stack of {route.handler!r} returned {result!r}: "
@@ -428,12 +429,11 @@ class RequestDispatcher:
                     return direct(obj, **inject)
             if route._stream:
                 return _raise(_stream_misuse(route, obj))
-            pipeline = route._pipeline
-            if pipeline is not None:  # PipelineRoute.invoke, inlined
+            if route._pipeline is not None:  # PipelineRoute.invoke, inlined
                 action = _new(ActionSubject)
                 action.subject = obj
                 action.inject = inject
-                return _unwrap(route, pipeline(action))
+                return _unwrap(route, action)
             return route.invoke(obj, inject)
         except Exception as error:  # raise at await time, as an async call would
             return _raise(error)
