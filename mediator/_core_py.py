@@ -411,8 +411,9 @@ class RequestDispatcher:
 
     def execute(self, obj: Any, **inject: Any) -> Any:
         """Dispatch ``obj`` to its handler; returns an awaitable of the result."""
-        route = self._routes.get(type(obj))
-        if route is None:
+        try:
+            route = self._routes[type(obj)]  # cheaper than .get() when the route is there
+        except KeyError:
             route = self._resolve(type(obj)) if self._polymorphic else None
             if route is None:
                 return _raise(self._missing(obj))
