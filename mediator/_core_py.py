@@ -214,16 +214,24 @@ class Route:
         self._pipeline = None  # see PipelineRoute
         # The stages there are, with the depth of their layer (what an error unwinds):
         # befores in order, afters innermost first.
-        self._enter_steps = tuple((depth, before) for depth, before in enumerate(befores) if before is not None)
-        self._exit_steps = tuple((depth, after) for depth, after in enumerate(afters) if after is not None)[::-1]
-        self._errors = errors if any(errors) else ()
-        # Without error stages no depth is needed: up to three befores and three afters run
-        # as straight-line calls, from these triples padded with None (cheaper than a loop
-        # on CPython; PyPy's JIT inlines them, where it does not inline a short loop).
-        # ``_befores`` is None when the stages take the general path (_invoke_unwinding).
-        straight = not self._errors and len(self._enter_steps) <= 3 and len(self._exit_steps) <= 3
-        self._befores = _triple(self._enter_steps) if straight else None
-        self._afters = _triple(self._exit_steps) if straight else (None, None, None)
+        self._enter_steps: Tuple[Tuple[int, Callable[..., Any]], ...] = ()
+        self._exit_steps: Tuple[Tuple[int, Callable[..., Any]], ...] = ()
+        self._errors: Tuple[Optional[Callable[..., Any]], ...] = ()
+        self._befores: Optional[Tuple[Any, Any, Any]] = _NO_STAGES
+        self._afters: Tuple[Any, Any, Any] = _NO_STAGES
+        if befores or afters or errors:
+            self._enter_steps = tuple((depth, stage) for depth, stage in enumerate(befores) if stage is not None)
+            self._exit_steps = tuple((depth, stage) for depth, stage in enumerate(afters) if stage is not None)[::-1]
+            self._errors = errors if any(errors) else ()
+            # Without error stages no depth is needed: up to three befores and three afters
+            # run as straight-line calls, from these triples padded with None (cheaper than
+            # a loop on CPython; PyPy's JIT inlines them, where it does not inline a short
+            # loop). ``_befores`` is None when the stages take the general path instead.
+            if not self._errors and len(self._enter_steps) <= 3 and len(self._exit_steps) <= 3:
+                self._befores = _triple(self._enter_steps)
+                self._afters = _triple(self._exit_steps)
+            else:
+                self._befores = None
         # fn(subject) when that is the whole call of the handler, else None: the invoker.
         simple = invoker.subject_name is None and invoker.kind == "async"
         self._call = invoker.fn if simple and invoker._mode == _DROP else None
@@ -339,10 +347,13 @@ def _next_positional(fn: Any) -> Optional[str]:
     return None
 
 
+_NO_STAGES = (None, None, None)
+
+
 def _triple(steps: Tuple[Tuple[int, Any], ...]) -> Tuple[Any, Any, Any]:
     """The stages of up to three (depth, stage) steps, padded with None to three."""
     stages = tuple(stage for _, stage in steps)
-    return stages + (None,) * (3 - len(stages))
+    return stages + _NO_STAGES[len(stages):]
 
 
 def _check_layers(*stages: Tuple[Any, ...]) -> None:
