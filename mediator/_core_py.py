@@ -266,15 +266,11 @@ class Route:
         if third is not None:
             third(subject, inject)
         call = self._call
-        if self._exit_steps:
-            return self._finish(subject, inject)
-        return call(subject) if call is not None else self.invoker(subject, inject)
+        awaitable = call(subject) if call is not None else self.invoker(subject, inject)
+        return self._finish(awaitable, subject) if self._exit_steps else awaitable
 
-    # The wrapper coroutines below start the handler themselves: one closed unawaited
-    # leaves no handler coroutine behind, never awaited.
-    async def _finish(self, subject: Any, inject: Dict[str, Any]) -> Any:
-        call = self._call
-        result = await (call(subject) if call is not None else self.invoker(subject, inject))
+    async def _finish(self, awaitable: Any, subject: Any) -> Any:
+        result = await awaitable
         inner, middle, outer = self._afters
         if inner is not None:
             result = inner(subject, result)
@@ -300,14 +296,18 @@ class Route:
                 before(subject, inject)
             except Exception as error:
                 self._unwind(depth, subject, error)
-        if not self._exit_steps and not self._errors:
-            return self.invoker(subject, inject)
-        return self._finish_unwinding(subject, inject)
-
-    async def _finish_unwinding(self, subject: Any, inject: Dict[str, Any]) -> Any:
         try:
-            result = await self.invoker(subject, inject)
-        except Exception as error:  # from the handler, or its call (it binds badly)
+            awaitable = self.invoker(subject, inject)
+        except Exception as error:  # e.g. it binds badly: the hooks that ran see it
+            self._unwind(len(self._errors), subject, error)
+        if not self._exit_steps and not self._errors:
+            return awaitable
+        return self._finish_unwinding(awaitable, subject)
+
+    async def _finish_unwinding(self, awaitable: Any, subject: Any) -> Any:
+        try:
+            result = await awaitable
+        except Exception as error:
             self._unwind(len(self._errors), subject, error)
         for depth, after in self._exit_steps:
             try:
@@ -385,12 +385,11 @@ class PipelineRoute:
         action = _new(ActionSubject)
         action.subject = subject
         action.inject = inject
-        return _unwrap(self, action)
+        return _unwrap(self, self.pipeline(action))
 
 
-async def _unwrap(route: PipelineRoute, action: ActionSubject) -> Any:
-    """Run the stack (started here: closed unawaited, it leaves nothing behind) and unwrap."""
-    result = await route.pipeline(action)
+async def _unwrap(route: PipelineRoute, awaitable: Any) -> Any:
+    result = await awaitable
     if not isinstance(result, ActionResult):
         raise TypeError(
             f"the modifier stack of {route.handler!r} returned {result!r}: "
@@ -441,11 +440,12 @@ class RequestDispatcher:
                     return direct(obj, **inject)
             if route._stream:
                 return _raise(_stream_misuse(route, obj))
-            if route._pipeline is not None:  # PipelineRoute.invoke, inlined
+            pipeline = route._pipeline
+            if pipeline is not None:  # PipelineRoute.invoke, inlined
                 action = _new(ActionSubject)
                 action.subject = obj
                 action.inject = inject
-                return _unwrap(route, action)
+                return _unwrap(route, pipeline(action))
             return route.invoke(obj, inject)
         except Exception as error:  # raise at await time, as an async call would
             return _raise(error)
