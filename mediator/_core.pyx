@@ -83,6 +83,7 @@ cdef extern from "_relay.h":
     ctypedef object (*mediator_relay_fn)(object owner, object subject, object value)
     object mediator_relay(object inner, object owner, object subject, mediator_relay_fn on_return, mediator_relay_fn on_error)
     int mediator_relay_ready() except -1
+    bint mediator_is_awaitable(object o)
 
 mediator_relay_ready()
 
@@ -430,7 +431,10 @@ cdef class PipelineRoute(_BaseRoute):
         cdef ActionSubject action = ActionSubject.__new__(ActionSubject)
         action.subject = subject
         action.inject = inject
-        return mediator_relay(self.pipeline(action), self, None, _unwrap_result, NULL)
+        awaitable = self.pipeline(action)
+        if not mediator_is_awaitable(awaitable):
+            raise _not_awaitable(self, awaitable)
+        return mediator_relay(awaitable, self, None, _unwrap_result, NULL)
 
 
 # Relay endings (see _relay.h): what a wrapper coroutine would do after its await.
@@ -450,6 +454,13 @@ cdef object _unwrap_result(object route, object subject, object result):
             f"a modifier must return an ActionResult"
         )
     return (<ActionResult>result).result
+
+
+def _not_awaitable(route, returned):
+    return TypeError(
+        f"the modifier stack of {route.handler!r} returned {returned!r}: "
+        f"a modifier layer must return an awaitable of an ActionResult (is it an async def?)"
+    )
 
 
 cdef object _hooks_returned(object route, object subject, object value):

@@ -389,13 +389,25 @@ class PipelineRoute:
 
 
 async def _unwrap(route: PipelineRoute, awaitable: Any) -> Any:
-    result = await awaitable
+    try:
+        result = await awaitable
+    except TypeError:
+        if not hasattr(type(awaitable), "__await__"):  # the stack's own return, not a handler's error
+            raise _not_awaitable(route, awaitable) from None
+        raise
     if not isinstance(result, ActionResult):
         raise TypeError(
             f"the modifier stack of {route.handler!r} returned {result!r}: "
             f"a modifier must return an ActionResult"
         )
     return result.result
+
+
+def _not_awaitable(route: PipelineRoute, returned: Any) -> TypeError:
+    return TypeError(
+        f"the modifier stack of {route.handler!r} returned {returned!r}: "
+        f"a modifier layer must return an awaitable of an ActionResult (is it an async def?)"
+    )
 
 
 async def _raise(error: BaseException) -> Any:

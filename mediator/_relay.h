@@ -57,6 +57,13 @@ static PyObject *mediator_relay(PyObject *inner, PyObject *owner, PyObject *subj
     return (PyObject *)self;
 }
 
+/* Whether `await o` can work: what a relay accepts as its inner awaitable. */
+static int mediator_is_awaitable(PyObject *o)
+{
+    PyTypeObject *type = Py_TYPE(o);
+    return PyCoro_CheckExact(o) || (type->tp_as_async != NULL && type->tp_as_async->am_await != NULL);
+}
+
 /* What `await awaitable` iterates: a coroutine (or relay) itself, else its __await__(). */
 static PyObject *relay_await_iter(PyObject *awaitable)
 {

@@ -259,3 +259,33 @@ def test_event_handlers_behind_the_stack_suspend_and_finish(shape, strategy):
 
     asyncio.run(main())
     assert sorted(done) == [("first", 1), ("second", 1)]
+
+
+class SyncLayer(ModifierFactory):
+    """A mistake: a layer that is a plain def, returning an ActionResult, not an awaitable."""
+
+    def create(self, call, **kwargs):
+        from mediator.common.types import ActionResult
+
+        def layer(action):
+            return ActionResult("never awaited")
+
+        return layer
+
+
+@pytest.mark.parametrize("hooks", [False, True])
+def test_a_layer_that_returns_no_awaitable_is_named_in_the_error(hooks):
+    bus = LocalRequestBus(modifiers=[SyncLayer(), *([Hook(after=lambda subject, result: result)] if hooks else [])])
+    bus.register(answer)
+    with pytest.raises(TypeError, match=r"modifier stack of .*answer.* returned ActionResult.*awaitable"):
+        asyncio.run(bus.execute(Ask(1)))
+
+
+@shapes
+def test_a_type_error_from_the_handler_passes_through_unchanged(shape):
+    async def typed(ask: Ask) -> object:
+        raise TypeError("the handler's own")
+
+    bus, _ = make_bus(shape, handler=typed)
+    with pytest.raises(TypeError, match="^the handler's own$"):
+        asyncio.run(bus.execute(Ask(1)))
