@@ -7,6 +7,7 @@ on the plan and one vectorcall of the handler, whose own coroutine is returned.
 
 cimport cython
 from cpython.contextvars cimport PyContext_CopyCurrent, PyContext_Enter, PyContext_Exit
+from cpython.exc cimport PyErr_Occurred
 from cpython.ref cimport PyObject, Py_XDECREF
 
 import asyncio
@@ -55,6 +56,16 @@ cdef extern from *:
 
 cdef extern from *:
     """
+    /* A new reference the caller already owns, handed to Cython as an object. */
+    static PyObject *mediator_own(PyObject *o) { return o; }
+    /* Raise the error that is already set (Cython sees NULL and unwinds). */
+    static PyObject *raise_pending(void) { return NULL; }
+    """
+    object mediator_own(PyObject *o)
+    object raise_pending()
+
+cdef extern from *:
+    """
     /* Installs func, a METH_FASTCALL|METH_KEYWORDS C function, as a method of type:
        it receives the caller's argument array and keyword names as they are. */
     static int mediator_install_fastcall(PyObject *type, const char *name, void *func, const char *doc) {
@@ -76,6 +87,11 @@ cdef extern from *:
     """
     int mediator_install_fastcall(object type, const char *name, void *func, const char *doc) except -1
     object PyObject_Vectorcall(object callable, PyObject **args, size_t nargsf, PyObject *kwnames)
+    # The same call, its result unchecked: NULL (with the error set) is the caller's to handle.
+    PyObject *mediator_vectorcall "PyObject_Vectorcall"(object callable, PyObject **args, size_t nargsf, PyObject *kwnames)
+    PyObject *PyDict_GetItemWithError(object dict, object key)  # borrowed
+    PyObject *Py_TYPE(PyObject *o)
+    PyObject *PyList_GET_ITEM(list items, Py_ssize_t index)
     Py_ssize_t PyTuple_GET_SIZE(PyObject *tuple)
     PyObject *PyTuple_GET_ITEM(PyObject *tuple, Py_ssize_t index)
 
@@ -102,11 +118,26 @@ cdef class ActionSubject:
     """An action on its way through a modifier stack: the subject and injected kwargs."""
 
     cdef public object subject
-    cdef public object inject
+    cdef object _inject
+    cdef bint _unmade  # made by the engine with nothing to inject: ``inject`` makes its dict when read
 
     def __init__(self, subject, inject):
         self.subject = subject
-        self.inject = inject
+        self._inject = inject
+        self._unmade = False
+
+    @property
+    def inject(self):
+        """The keyword arguments injected into the handler (layers may change them)."""
+        if self._unmade:
+            self._inject = {}
+            self._unmade = False
+        return self._inject
+
+    @inject.setter
+    def inject(self, value):
+        self._inject = value
+        self._unmade = False
 
     @property
     def key(self):
@@ -354,6 +385,8 @@ cdef class Route(_BaseRoute):
 
     cdef object _invoke(self, object subject, dict inject):
         if self._befores:
+            if inject is None:  # befores may add to it for the handler
+                inject = {}
             self._enter(subject, inject)
         if self._wraps:
             try:
@@ -367,7 +400,7 @@ cdef class Route(_BaseRoute):
     def action(self, ActionSubject action):
         """This route as the innermost call of a modifier stack."""
         try:
-            if self._direct is not None and not action.inject:
+            if self._direct is not None and (action._unmade or not action._inject):
                 awaitable = self._direct(action.subject)
             else:
                 awaitable = self._invoke(action.subject, action.inject)
@@ -430,7 +463,8 @@ cdef class PipelineRoute(_BaseRoute):
     cdef object _invoke(self, object subject, dict inject):
         cdef ActionSubject action = ActionSubject.__new__(ActionSubject)
         action.subject = subject
-        action.inject = inject
+        action._inject = inject
+        action._unmade = inject is None
         awaitable = self.pipeline(action)
         if not mediator_is_awaitable(awaitable):
             raise _not_awaitable(self, awaitable)
@@ -481,21 +515,86 @@ def _stream_misuse(route, obj):
     return TypeError(f"{route.handler!r} answers {type(obj).__name__} with a stream: use bus.stream(request)")
 
 
+@cython.final
+cdef class _ClassTable:
+    """A copy of a ``{class: route}`` dict that a dispatch reads in a few C steps.
+
+    Classes compare by identity (unless a metaclass redefines ``==``, which turns the
+    table off: ``usable`` is false and the dict is read instead), so the lookup is
+    open addressing on the class's address, with none of a dict's generic path.
+    """
+
+    cdef list _slots  # key, value, key, value, ...: 2 * capacity items, None where empty
+    cdef size_t _mask  # capacity - 1 (a power of two)
+    cdef Py_ssize_t _used
+    cdef readonly bint usable
+
+    def __cinit__(self):
+        self.clear()
+
+    def clear(self):
+        self._slots = [None] * 16
+        self._mask = 7
+        self._used = 0
+        self.usable = True
+
+    @cython.cdivision(True)
+    cdef inline PyObject *get(self, PyObject *key):
+        """The value stored for ``key`` (borrowed), or NULL."""
+        cdef size_t index = ((<size_t>key) >> 4) & self._mask
+        cdef PyObject *found
+        while True:
+            found = PyList_GET_ITEM(self._slots, 2 * index)
+            if found == key:
+                return PyList_GET_ITEM(self._slots, 2 * index + 1)
+            if found == <PyObject *>None:
+                return NULL
+            index = (index + 1) & self._mask
+
+    def set(self, key, value):
+        cdef size_t index
+        if not self.usable:
+            return
+        if type(key).__eq__ is not type.__eq__ or type(key).__hash__ is not type.__hash__:
+            self.usable = False
+            return
+        if 2 * (self._used + 1) > self._mask + 1:
+            self._grow()
+        index = ((<size_t><PyObject *>key) >> 4) & self._mask
+        while self._slots[2 * index] is not None and self._slots[2 * index] is not key:
+            index = (index + 1) & self._mask
+        if self._slots[2 * index] is None:
+            self._used += 1
+        self._slots[2 * index] = key
+        self._slots[2 * index + 1] = value
+
+    def _grow(self):
+        old = self._slots
+        self._slots = [None] * (4 * (self._mask + 1))
+        self._mask = 2 * self._mask + 1
+        self._used = 0
+        for position in range(0, len(old), 2):
+            if old[position] is not None:
+                self.set(old[position], old[position + 1])
+
+
 cdef class RequestDispatcher:
     """Engine base of ``LocalRequestBus``: one route per request class.
 
-    ``_routes`` is the lookup table. With ``polymorphic`` it is a cache over
-    ``_registered``: a class resolves, on first sight, to the route of the nearest
-    class in its MRO; a registration clears the cache.
+    ``_routes`` is the lookup table (``_table`` mirrors it for the dispatch). With
+    ``polymorphic`` it is a cache over ``_registered``: a class resolves, on first
+    sight, to the route of the nearest class in its MRO; a registration clears the cache.
     """
 
     cdef readonly dict _routes
     cdef readonly dict _registered
     cdef readonly bint _polymorphic
+    cdef _ClassTable _table
 
     def __cinit__(self, *args, **kwargs):
         self._routes = {}
         self._registered = self._routes
+        self._table = _ClassTable()
 
     def __init__(self, polymorphic=False):
         self._polymorphic = bool(polymorphic)
@@ -505,6 +604,9 @@ cdef class RequestDispatcher:
         self._registered[key] = route
         if self._polymorphic:
             self._routes.clear()
+            self._table.clear()
+        else:
+            self._table.set(key, route)
 
     def _resolve(self, cls):
         """The route of the nearest class in ``cls.__mro__`` (cached), or ``None``."""
@@ -512,6 +614,7 @@ cdef class RequestDispatcher:
             route = self._registered.get(base)
             if route is not None:
                 self._routes[cls] = route
+                self._table.set(cls, route)
                 return route
         return None
 
@@ -523,35 +626,69 @@ cdef object _execute(object self, PyObject **args, Py_ssize_t nargs, PyObject *k
     """RequestDispatcher.execute(obj, **inject): a METH_FASTCALL|METH_KEYWORDS method.
 
     When the route's plan allows, the caller's own argument array and keyword names go
-    straight to the handler's vectorcall: no dict, no tuple, no wrapper.
+    straight to the handler's vectorcall: no dict, no tuple, no wrapper, and no ``try``
+    (its cost is paid only when the call fails).
     """
+    cdef PyObject *found
+    cdef PyObject *awaitable
     cdef _BaseRoute route
-    cdef Py_ssize_t index
-    cdef dict inject
     if nargs != 1:
         raise TypeError(f"execute() takes the request as its one positional argument ({nargs} given)")
-    obj = <object>args[0]
-    found = (<RequestDispatcher>self)._routes.get(type(obj))
-    if found is None:
-        if (<RequestDispatcher>self)._polymorphic:
-            found = self._resolve(type(obj))
-        if found is None:
-            return _raise(self._missing(obj))
+    if (<RequestDispatcher>self)._table.usable:
+        found = (<RequestDispatcher>self)._table.get(Py_TYPE(args[0]))
+    else:
+        found = PyDict_GetItemWithError((<RequestDispatcher>self)._routes, <object>Py_TYPE(args[0]))
+    if found == NULL:
+        return _execute_unrouted(<RequestDispatcher>self, args, kwnames)
     route = <_BaseRoute>found
+    if route._direct is None:
+        return _execute_planned(route, args, kwnames)
+    if kwnames == NULL or route._ignores_inject:
+        awaitable = mediator_vectorcall(route._direct, args, 1, NULL)
+    elif route._takes_as_is(kwnames):
+        awaitable = mediator_vectorcall(route._direct, args, 1, kwnames)
+    else:
+        return _execute_planned(route, args, kwnames)
+    if awaitable == NULL:
+        return _raise_pending()
+    return mediator_own(awaitable)
+
+
+cdef object _execute_unrouted(RequestDispatcher self, PyObject **args, PyObject *kwnames):
+    """No route in the table for the request's class: resolve it through the MRO, or fail."""
+    obj = <object>args[0]
+    if PyErr_Occurred():
+        raise_pending()  # the dict lookup itself failed
+    found = self._resolve(type(obj)) if self._polymorphic else None
+    if found is None:
+        return _raise(self._missing(obj))
+    return _execute_planned(<_BaseRoute>found, args, kwnames)
+
+
+cdef inline object _execute_planned(_BaseRoute route, PyObject **args, PyObject *kwnames):
+    """The route's own plan, with the injected kwargs gathered in a dict."""
+    cdef Py_ssize_t index
+    cdef dict inject = None
+    obj = <object>args[0]
     try:
-        if route._direct is not None:
-            if kwnames == NULL or route._ignores_inject:
-                return PyObject_Vectorcall(route._direct, args, 1, NULL)
-            if route._takes_as_is(kwnames):
-                return PyObject_Vectorcall(route._direct, args, 1, kwnames)
-        inject = {}
+        if route._direct is not None and (kwnames == NULL or route._ignores_inject):
+            return route._direct(obj)
         if kwnames != NULL:
+            inject = {}
             for index in range(PyTuple_GET_SIZE(kwnames)):
                 inject[<object>PyTuple_GET_ITEM(kwnames, index)] = <object>args[index + 1]
         if route._stream:
             return _raise(_stream_misuse(route, obj))
         return route._invoke(obj, inject)
     except Exception as error:  # raise at await time, as an async call would
+        return _raise(error)
+
+
+cdef object _raise_pending():
+    """A call just failed (the error is set): an ``Exception`` is raised at await time."""
+    try:
+        raise_pending()
+    except Exception as error:
         return _raise(error)
 
 

@@ -258,6 +258,53 @@ def test_modifier_changes_inject_before_renaming_and_filtering(kind):
 
 
 @BUS_KINDS
+def test_action_inject_with_nothing_injected_is_one_dict_the_layers_share(kind):
+    """With no kwargs given, a layer still reads a dict: the same one each time, and
+    what a layer adds or replaces there reaches the handler."""
+    seen = []
+
+    class Read(ModifierFactory):
+        def create(self, call, **kwargs):
+            async def layer(action):
+                seen.append((dict(action.inject), action.inject, action.inject is action.inject, repr(action)))
+                return await call(action)
+
+            return layer
+
+    class Add(ModifierFactory):
+        def create(self, call, **kwargs):
+            async def layer(action):
+                action.inject["user"] = "added"
+                assert action == ActionSubject(action.subject, {"user": "added"})
+                return await call(action)
+
+            return layer
+
+    class Replace(ModifierFactory):
+        def create(self, call, **kwargs):
+            async def layer(action):
+                action.inject = {"user": "replaced"}
+                return await call(action)
+
+            return layer
+
+    for modifiers, expected in (([Read()], None), ([Read(), Add(), Read()], "added"), ([Replace(), Read()], "replaced")):
+        bus = Bus(kind, modifiers=modifiers)
+
+        async def handler(subject: Subject, user=None):
+            return bus.out(user)
+
+        bus.register(handler)
+        seen.clear()
+        assert run(bus.dispatch(Subject(1))) == expected
+        if expected != "replaced":
+            assert seen[0][0] == {} and seen[0][2] is True
+            assert seen[0][3] == "ActionSubject(subject=Subject(value=1), inject={})"
+        assert all(entry[1] is seen[0][1] for entry in seen)  # one dict for the whole stack
+    assert ActionSubject(Subject(1), None).inject is None  # a given value is kept as it is
+
+
+@BUS_KINDS
 def test_modifier_can_replace_the_subject(kind):
     class Double(ModifierFactory):
         def create(self, call, **kwargs):

@@ -56,6 +56,52 @@ def test_each_request_class_goes_to_its_own_handler():
     assert run(main()) == ("pong", "ping")
 
 
+@pytest.mark.parametrize("polymorphic", [False, True])
+def test_hundreds_of_request_classes_each_reach_their_own_handler(polymorphic):
+    """Registrations between dispatches, past every growth of the lookup table."""
+    bus = LocalRequestBus(polymorphic=polymorphic)
+    classes = []
+
+    async def main():
+        for number in range(300):
+            cls = type(f"Request{number}", (), {})
+            classes.append(cls)
+
+            async def handle(request: cls, number=number):  # type: ignore[valid-type]
+                return number
+
+            bus.register(handle)
+            assert await bus.execute(cls()) == number
+            assert await bus.execute(classes[number // 2]()) == number // 2
+        assert [await bus.execute(cls()) for cls in classes] == list(range(300))
+        with pytest.raises(LookupHandlerStoreError):
+            await bus.execute(Unhandled())
+
+    run(main())
+
+
+def test_request_classes_whose_metaclass_redefines_equality_match_as_a_dict_would():
+    """Lookup is by the class, with the class's own ``==`` and ``hash``, on every engine."""
+
+    class ByName(type):
+        def __eq__(cls, other):
+            return isinstance(other, ByName) and cls.__name__ == other.__name__
+
+        def __hash__(cls):
+            return hash(cls.__name__)
+
+    First = ByName("Same", (), {})
+    Second = ByName("Same", (), {})
+    bus = LocalRequestBus()
+
+    async def handle(request: First):  # type: ignore[valid-type]
+        return type(request)
+
+    bus.register(handle)
+    assert run(bus.execute(First())) is First
+    assert run(bus.execute(Second())) is Second
+
+
 def test_missing_handler_raises_only_when_awaited():
     """execute() itself never raises: the awaitable it returns does."""
     bus = LocalRequestBus()
