@@ -56,6 +56,11 @@ cdef extern from *:
 
 cdef extern from *:
     """
+    static inline PyObject *mediator_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+        vectorcallfunc call = PyVectorcall_Function(callable);
+        if (call != NULL) return call(callable, args, nargsf, kwnames);
+        return PyObject_Vectorcall(callable, args, nargsf, kwnames);
+    }
     /* A new reference the caller already owns, handed to Cython as an object. */
     static PyObject *mediator_own(PyObject *o) { return o; }
     /* Raise the error that is already set (Cython sees NULL and unwinds). */
@@ -87,8 +92,9 @@ cdef extern from *:
     """
     int mediator_install_fastcall(object type, const char *name, void *func, const char *doc) except -1
     object PyObject_Vectorcall(object callable, PyObject **args, size_t nargsf, PyObject *kwnames)
-    # The same call, its result unchecked: NULL (with the error set) is the caller's to handle.
-    PyObject *mediator_vectorcall "PyObject_Vectorcall"(object callable, PyObject **args, size_t nargsf, PyObject *kwnames)
+    # The same call through the callable's own vectorcall slot, its result unchecked:
+    # NULL (with the error set) is the caller's to handle.
+    PyObject *mediator_vectorcall(object callable, PyObject **args, size_t nargsf, PyObject *kwnames)
     PyObject *PyDict_GetItemWithError(object dict, object key)  # borrowed
     PyObject *Py_TYPE(PyObject *o)
     PyObject *PyList_GET_ITEM(list items, Py_ssize_t index)
@@ -399,14 +405,19 @@ cdef class Route(_BaseRoute):
     @cython.always_allow_keywords(False)
     def action(self, ActionSubject action):
         """This route as the innermost call of a modifier stack."""
+        cdef PyObject *awaitable
+        cdef PyObject *subject  # borrowed: the action holds it
+        if self._direct is not None and (action._unmade or not action._inject):
+            subject = <PyObject *>action.subject
+            awaitable = mediator_vectorcall(self._direct, &subject, 1, NULL)
+            if awaitable == NULL:
+                return _raise_pending()
+            return mediator_relay(mediator_own(awaitable), None, None, _action_result, NULL)
         try:
-            if self._direct is not None and (action._unmade or not action._inject):
-                awaitable = self._direct(action.subject)
-            else:
-                awaitable = self._invoke(action.subject, action.inject)
+            planned = self._invoke(action.subject, action.inject)
         except Exception as error:  # raise at await time, as an async call would
             return _raise(error)
-        return mediator_relay(awaitable, None, None, _action_result, NULL)
+        return mediator_relay(planned, None, None, _action_result, NULL)
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
@@ -461,13 +472,19 @@ cdef class PipelineRoute(_BaseRoute):
         self._inline = getattr(handler, "kind", None) == "sync"
 
     cdef object _invoke(self, object subject, dict inject):
+        """Never raises an ``Exception``: a failure is raised where the result is awaited."""
         cdef ActionSubject action = ActionSubject.__new__(ActionSubject)
+        cdef PyObject *started
+        cdef PyObject *argument = <PyObject *>action
         action.subject = subject
         action._inject = inject
         action._unmade = inject is None
-        awaitable = self.pipeline(action)
+        started = mediator_vectorcall(self.pipeline, &argument, 1, NULL)
+        if started == NULL:
+            return _raise_pending()
+        awaitable = mediator_own(started)
         if not mediator_is_awaitable(awaitable):
-            raise _not_awaitable(self, awaitable)
+            return _raise(_not_awaitable(self, awaitable))
         return mediator_relay(awaitable, self, None, _unwrap_result, NULL)
 
 
@@ -642,6 +659,8 @@ cdef object _execute(object self, PyObject **args, Py_ssize_t nargs, PyObject *k
         return _execute_unrouted(<RequestDispatcher>self, args, kwnames)
     route = <_BaseRoute>found
     if route._direct is None:
+        if kwnames == NULL and type(route) is PipelineRoute and not route._stream:
+            return (<PipelineRoute>route)._invoke(<object>args[0], None)
         return _execute_planned(route, args, kwnames)
     if kwnames == NULL or route._ignores_inject:
         awaitable = mediator_vectorcall(route._direct, args, 1, NULL)

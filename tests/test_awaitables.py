@@ -281,6 +281,38 @@ def test_a_layer_that_returns_no_awaitable_is_named_in_the_error(hooks):
         asyncio.run(bus.execute(Ask(1)))
 
 
+class RaisingLayer(ModifierFactory):
+    """A layer that fails as it is called, before making any awaitable."""
+
+    def create(self, call, **kwargs):
+        def layer(action):
+            raise Boom("the layer failed")
+
+        return layer
+
+
+@shapes
+@pytest.mark.parametrize("failure", ["handler_binds_badly", "layer_raises"])
+def test_a_failure_as_the_call_starts_is_raised_where_it_is_awaited(shape, failure):
+    """Nothing raises from execute() itself: the caller sees the error at its await."""
+
+    async def needs_more(ask: Ask, needed):
+        return needed
+
+    bus = LocalRequestBus(modifiers=SHAPES[shape](Recorder()) + ([RaisingLayer()] if failure == "layer_raises" else []))
+    bus.register(needs_more)
+    expected = (TypeError, "needed") if failure == "handler_binds_badly" else (Boom, "the layer failed")
+
+    async def main():
+        awaitable = bus.execute(Ask(1))  # must not raise here
+        with pytest.raises(expected[0], match=expected[1]):
+            await awaitable
+        if failure == "handler_binds_badly":
+            assert await bus.execute(Ask(1), needed="given") == "given"
+
+    asyncio.run(main())
+
+
 @shapes
 def test_a_type_error_from_the_handler_passes_through_unchanged(shape):
     async def typed(ask: Ask) -> object:
