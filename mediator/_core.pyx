@@ -472,7 +472,7 @@ cdef class PipelineRoute(_BaseRoute):
         self._inline = getattr(handler, "kind", None) == "sync"
 
     cdef object _invoke(self, object subject, dict inject):
-        """Never raises an ``Exception``: a failure is raised where the result is awaited."""
+        """A failure of the stack's call is raised where the result is awaited, not here."""
         cdef ActionSubject action = ActionSubject.__new__(ActionSubject)
         cdef PyObject *started
         cdef PyObject *argument = <PyObject *>action
@@ -555,7 +555,6 @@ cdef class _ClassTable:
         self._used = 0
         self.usable = True
 
-    @cython.cdivision(True)
     cdef inline PyObject *get(self, PyObject *key):
         """The value stored for ``key`` (borrowed), or NULL."""
         cdef size_t index = ((<size_t>key) >> 4) & self._mask
@@ -685,7 +684,8 @@ cdef object _execute_unrouted(RequestDispatcher self, PyObject **args, PyObject 
 
 
 cdef inline object _execute_planned(_BaseRoute route, PyObject **args, PyObject *kwnames):
-    """The route's own plan, with the injected kwargs gathered in a dict."""
+    """The route's own plan, with the injected kwargs gathered in a dict (and the
+    first dispatch of a class that resolved through its MRO)."""
     cdef Py_ssize_t index
     cdef dict inject = None
     obj = <object>args[0]
