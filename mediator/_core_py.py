@@ -227,7 +227,7 @@ class Route:
             # run as straight-line calls: the befores from a triple padded with None, the afters
             # in a coroutine made for their number (cheaper than a loop on CPython; PyPy's JIT
             # inlines them, where it does not inline a short loop). ``_befores`` is None when
-            # the stages take the general path instead.
+            # the route takes the general path instead (so does a stream: see execute).
             if not self._errors and len(self._enter_steps) <= 3 and len(self._exit_steps) <= 3:
                 self._befores = _triple(self._enter_steps)
                 self._finish = _finisher(tuple(stage for _, stage in self._exit_steps))
@@ -240,6 +240,8 @@ class Route:
         direct = simple and not self._enter_steps and not self._exit_steps and not self._errors
         self._inline = invoker.kind == "sync"  # an event bus runs it in place, without a task
         self._stream = invoker.kind == "stream"  # answers bus.stream(), not execute()
+        if self._stream:
+            self._befores = None
         self._direct = invoker.fn if direct else None
         self._ignores_inject = direct and invoker._mode == _DROP
         # Injected names _direct takes as they are: a set, or all of them (_kw_all).
@@ -382,7 +384,7 @@ def _check_layers(*stages: Tuple[Any, ...]) -> None:
 class PipelineRoute:
     """A registered handler behind a ``ModifierFactory`` stack (the general path)."""
 
-    __slots__ = ("handler", "pipeline", "_stream", "_inline", "_direct", "_pipeline")
+    __slots__ = ("handler", "pipeline", "_stream", "_inline", "_direct", "_pipeline", "_befores")
     _ignores_inject = False
     _kw_names = None
     _kw_all = False
@@ -394,8 +396,10 @@ class PipelineRoute:
         self.pipeline = pipeline
         # execute reads these of every route: slots (a class attribute is a slower read)
         self._direct = None
-        self._pipeline = pipeline  # execute runs the stack itself, as invoke would
+        self._befores = None
         self._stream = getattr(handler, "kind", None) == "stream"
+        # execute runs the stack itself, as invoke would (a stream's it refuses: see execute)
+        self._pipeline = None if self._stream else pipeline
         self._inline = getattr(handler, "kind", None) == "sync"
 
     def invoke(self, subject: Any, inject: Dict[str, Any]) -> Any:
@@ -468,15 +472,29 @@ class RequestDispatcher:
                     route._kw_all and route._kw_exclude not in inject
                 ):
                     return direct(obj, **inject)
-            if route._stream:
-                return _raise(_stream_misuse(route, obj))
             pipeline = route._pipeline
             if pipeline is not None:  # PipelineRoute.invoke, inlined
                 action = _new(ActionSubject)
                 action.subject = obj
                 action.inject = inject
                 return _unwrap(route, pipeline(action))
-            return route.invoke(obj, inject)
+            befores = route._befores
+            if befores is None:  # a stream, error stages, or more than three hooks
+                if route._stream:
+                    return _raise(_stream_misuse(route, obj))
+                return route._invoke_unwinding(obj, inject)
+            # Route.invoke, inlined
+            first, second, third = befores
+            if first is not None:
+                first(obj, inject)
+            if second is not None:
+                second(obj, inject)
+            if third is not None:
+                third(obj, inject)
+            call = route._call
+            awaitable = call(obj) if call is not None else route.invoker(obj, inject)
+            finish = route._finish
+            return finish(awaitable, obj) if finish is not None else awaitable
         except Exception as error:  # raise at await time, as an async call would
             return _raise(error)
 
