@@ -196,7 +196,7 @@ class Route:
     """
 
     __slots__ = (
-        "handler", "invoker", "_call", "_pipeline", "_befores", "_afters", "_errors", "_enter_steps", "_exit_steps",
+        "handler", "invoker", "_call", "_pipeline", "_befores", "_finish", "_errors", "_enter_steps", "_exit_steps",
         "_direct", "_ignores_inject", "_kw_names", "_kw_all", "_kw_exclude", "_kw_next", "_inline", "_stream",
     )
 
@@ -218,18 +218,19 @@ class Route:
         self._exit_steps: Tuple[Tuple[int, Callable[..., Any]], ...] = ()
         self._errors: Tuple[Optional[Callable[..., Any]], ...] = ()
         self._befores: Optional[Tuple[Any, Any, Any]] = _NO_STAGES
-        self._afters: Tuple[Any, Any, Any] = _NO_STAGES
+        self._finish: Optional[Callable[[Any, Any], Any]] = None
         if befores or afters or errors:
             self._enter_steps = tuple((depth, stage) for depth, stage in enumerate(befores) if stage is not None)
             self._exit_steps = tuple((depth, stage) for depth, stage in enumerate(afters) if stage is not None)[::-1]
             self._errors = errors if any(errors) else ()
             # Without error stages no depth is needed: up to three befores and three afters
-            # run as straight-line calls, from these triples padded with None (cheaper than
-            # a loop on CPython; PyPy's JIT inlines them, where it does not inline a short
-            # loop). ``_befores`` is None when the stages take the general path instead.
+            # run as straight-line calls: the befores from a triple padded with None, the afters
+            # in a coroutine made for their number (cheaper than a loop on CPython; PyPy's JIT
+            # inlines them, where it does not inline a short loop). ``_befores`` is None when
+            # the route takes the general path instead (so does a stream: see execute).
             if not self._errors and len(self._enter_steps) <= 3 and len(self._exit_steps) <= 3:
                 self._befores = _triple(self._enter_steps)
-                self._afters = _triple(self._exit_steps)
+                self._finish = _finisher(tuple(stage for _, stage in self._exit_steps))
             else:
                 self._befores = None
         # fn(subject) when that is the whole call of the handler, else None: the invoker.
@@ -239,6 +240,8 @@ class Route:
         direct = simple and not self._enter_steps and not self._exit_steps and not self._errors
         self._inline = invoker.kind == "sync"  # an event bus runs it in place, without a task
         self._stream = invoker.kind == "stream"  # answers bus.stream(), not execute()
+        if self._stream:
+            self._befores = None
         self._direct = invoker.fn if direct else None
         self._ignores_inject = direct and invoker._mode == _DROP
         # Injected names _direct takes as they are: a set, or all of them (_kw_all).
@@ -267,18 +270,8 @@ class Route:
             third(subject, inject)
         call = self._call
         awaitable = call(subject) if call is not None else self.invoker(subject, inject)
-        return self._finish(awaitable, subject) if self._exit_steps else awaitable
-
-    async def _finish(self, awaitable: Any, subject: Any) -> Any:
-        result = await awaitable
-        inner, middle, outer = self._afters
-        if inner is not None:
-            result = inner(subject, result)
-        if middle is not None:
-            result = middle(subject, result)
-        if outer is not None:
-            result = outer(subject, result)
-        return result
+        finish = self._finish
+        return finish(awaitable, subject) if finish is not None else awaitable
 
     async def action(self, action: ActionSubject) -> ActionResult:
         """This route as the innermost call of a modifier stack."""
@@ -356,6 +349,33 @@ def _triple(steps: Tuple[Tuple[int, Any], ...]) -> Tuple[Any, Any, Any]:
     return stages + _NO_STAGES[len(stages):]
 
 
+def _finisher(afters: Tuple[Callable[..., Any], ...]) -> Optional[Callable[[Any, Any], Any]]:
+    """A coroutine function running up to three after stages (innermost first) on the
+    awaited result: ``finish(awaitable, subject)``; ``None`` when there are none.
+    """
+    if len(afters) == 1:
+        (inner,) = afters
+
+        async def finish(awaitable: Any, subject: Any) -> Any:
+            return inner(subject, await awaitable)
+
+    elif len(afters) == 2:
+        inner, outer = afters
+
+        async def finish(awaitable: Any, subject: Any) -> Any:
+            return outer(subject, inner(subject, await awaitable))
+
+    elif len(afters) == 3:
+        inner, middle, outer = afters
+
+        async def finish(awaitable: Any, subject: Any) -> Any:
+            return outer(subject, middle(subject, inner(subject, await awaitable)))
+
+    else:
+        return None
+    return finish
+
+
 def _check_layers(*stages: Tuple[Any, ...]) -> None:
     if len({len(stage) for stage in stages if stage}) > 1:
         raise ValueError("hook stages must be aligned: one entry per layer in each")
@@ -364,7 +384,7 @@ def _check_layers(*stages: Tuple[Any, ...]) -> None:
 class PipelineRoute:
     """A registered handler behind a ``ModifierFactory`` stack (the general path)."""
 
-    __slots__ = ("handler", "pipeline", "_stream", "_inline", "_direct", "_pipeline")
+    __slots__ = ("handler", "pipeline", "_stream", "_inline", "_direct", "_pipeline", "_befores")
     _ignores_inject = False
     _kw_names = None
     _kw_all = False
@@ -376,8 +396,10 @@ class PipelineRoute:
         self.pipeline = pipeline
         # execute reads these of every route: slots (a class attribute is a slower read)
         self._direct = None
-        self._pipeline = pipeline  # execute runs the stack itself, as invoke would
+        self._befores = None
         self._stream = getattr(handler, "kind", None) == "stream"
+        # execute runs the stack itself, as invoke would (a stream's it refuses: see execute)
+        self._pipeline = None if self._stream else pipeline
         self._inline = getattr(handler, "kind", None) == "sync"
 
     def invoke(self, subject: Any, inject: Dict[str, Any]) -> Any:
@@ -450,15 +472,29 @@ class RequestDispatcher:
                     route._kw_all and route._kw_exclude not in inject
                 ):
                     return direct(obj, **inject)
-            if route._stream:
-                return _raise(_stream_misuse(route, obj))
             pipeline = route._pipeline
             if pipeline is not None:  # PipelineRoute.invoke, inlined
                 action = _new(ActionSubject)
                 action.subject = obj
                 action.inject = inject
                 return _unwrap(route, pipeline(action))
-            return route.invoke(obj, inject)
+            befores = route._befores
+            if befores is None:  # a stream, error stages, or more than three hooks
+                if route._stream:
+                    return _raise(_stream_misuse(route, obj))
+                return route._invoke_unwinding(obj, inject)
+            # Route.invoke, inlined
+            first, second, third = befores
+            if first is not None:
+                first(obj, inject)
+            if second is not None:
+                second(obj, inject)
+            if third is not None:
+                third(obj, inject)
+            call = route._call
+            awaitable = call(obj) if call is not None else route.invoker(obj, inject)
+            finish = route._finish
+            return finish(awaitable, obj) if finish is not None else awaitable
         except Exception as error:  # raise at await time, as an async call would
             return _raise(error)
 
