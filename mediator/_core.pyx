@@ -8,7 +8,7 @@ on the plan and one vectorcall of the handler, whose own coroutine is returned.
 cimport cython
 from cpython.contextvars cimport PyContext_CopyCurrent, PyContext_Enter, PyContext_Exit
 from cpython.exc cimport PyErr_Occurred
-from cpython.ref cimport PyObject, Py_XDECREF
+from cpython.ref cimport PyObject, Py_REFCNT, Py_XDECREF
 
 import asyncio
 import logging
@@ -57,7 +57,9 @@ cdef extern from *:
 cdef extern from *:
     """
     static inline PyObject *mediator_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
-        vectorcallfunc call = PyVectorcall_Function(callable);
+        /* a Python function (the usual handler or layer) has its slot read in place */
+        vectorcallfunc call = Py_IS_TYPE(callable, &PyFunction_Type)
+            ? ((PyFunctionObject *)callable)->vectorcall : PyVectorcall_Function(callable);
         if (call != NULL) return call(callable, args, nargsf, kwnames);
         return PyObject_Vectorcall(callable, args, nargsf, kwnames);
     }
@@ -107,7 +109,13 @@ cdef extern from "_relay.h":
     int mediator_relay_ready() except -1
     bint mediator_is_awaitable(object o)
 
+cdef extern from "_call.h":
+    ctypedef object (*mediator_call_fn)(object owner, object arg)
+    object mediator_call_new(object owner, mediator_call_fn fn, const char *name)
+    int mediator_call_ready() except -1
+
 mediator_relay_ready()
+mediator_call_ready()
 
 logger = logging.getLogger("mediator")
 
@@ -402,22 +410,11 @@ cdef class Route(_BaseRoute):
             return mediator_relay(awaitable, self, subject, _hooks_returned, _hooks_failed)
         return self.invoker.call(subject, inject)
 
-    @cython.always_allow_keywords(False)
-    def action(self, ActionSubject action):
-        """This route as the innermost call of a modifier stack."""
-        cdef PyObject *awaitable
-        cdef PyObject *subject  # borrowed: the action holds it
-        if self._direct is not None and (action._unmade or not action._inject):
-            subject = <PyObject *>action.subject
-            awaitable = mediator_vectorcall(self._direct, &subject, 1, NULL)
-            if awaitable == NULL:
-                return _raise_pending()
-            return mediator_relay(mediator_own(awaitable), None, None, _action_result, NULL)
-        try:
-            planned = self._invoke(action.subject, action.inject)
-        except Exception as error:  # raise at await time, as an async call would
-            return _raise(error)
-        return mediator_relay(planned, None, None, _action_result, NULL)
+    @property
+    def action(self):
+        """This route as the innermost call of a modifier stack: ``action(ActionSubject)``
+        returns an awaitable of the handler's ``ActionResult``."""
+        return mediator_call_new(self, _route_action, b"the innermost call of a modifier stack")
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
@@ -473,9 +470,15 @@ cdef class PipelineRoute(_BaseRoute):
 
     cdef object _invoke(self, object subject, dict inject):
         """A failure of the stack's call is raised where the result is awaited, not here."""
-        cdef ActionSubject action = ActionSubject.__new__(ActionSubject)
+        global _spare_action
+        cdef ActionSubject action = _spare_action
         cdef PyObject *started
-        cdef PyObject *argument = <PyObject *>action
+        cdef PyObject *argument
+        if action is not None:
+            _spare_action = None
+        else:
+            action = ActionSubject.__new__(ActionSubject)
+        argument = <PyObject *>action
         action.subject = subject
         action._inject = inject
         action._unmade = inject is None
@@ -485,26 +488,86 @@ cdef class PipelineRoute(_BaseRoute):
         awaitable = mediator_own(started)
         if not mediator_is_awaitable(awaitable):
             return _raise(_not_awaitable(self, awaitable))
-        return mediator_relay(awaitable, self, None, _unwrap_result, NULL)
+        return mediator_relay(awaitable, self, action, _unwrap_result, NULL)
+
+
+cdef object _route_action(object owner, object argument):
+    """``Route.action``'s call (see _call.h): the handler, its value as an ``ActionResult``."""
+    cdef Route route = <Route>owner
+    cdef ActionSubject action
+    cdef PyObject *awaitable
+    cdef PyObject *subject  # borrowed: the action holds it
+    if not isinstance(argument, ActionSubject):
+        return _raise(_not_an_action(route, argument))
+    action = <ActionSubject>argument
+    if route._direct is not None and (action._unmade or not action._inject):
+        subject = <PyObject *>action.subject
+        awaitable = mediator_vectorcall(route._direct, &subject, 1, NULL)
+        if awaitable == NULL:
+            return _raise_pending()
+        return mediator_relay(mediator_own(awaitable), None, None, _action_result, NULL)
+    return _route_action_planned(route, action)
+
+
+cdef object _route_action_planned(Route route, ActionSubject action):
+    """``_route_action`` through the route's plan (its hooks, or what it injects)."""
+    try:
+        planned = route._invoke(action.subject, action.inject)
+    except Exception as error:  # raise at await time, as an async call would
+        return _raise(error)
+    return mediator_relay(planned, None, None, _action_result, NULL)
+
+
+# One spare ActionSubject and ActionResult: a dispatch through a modifier stack that ends
+# holding the only reference to its own action and result keeps them for the next one,
+# which then skips their allocation, set-up and GC tracking (as CPython's zip() reuses
+# its result tuple). Only an object nothing else refers to is kept, so none is observed.
+cdef ActionSubject _spare_action = None
+cdef ActionResult _spare_result = None
 
 
 # Relay endings (see _relay.h): what a wrapper coroutine would do after its await.
 
 cdef object _action_result(object owner, object subject, object value):
     """The innermost call of a modifier stack: the handler's value as an ``ActionResult``."""
-    cdef ActionResult result = ActionResult.__new__(ActionResult)
+    global _spare_result
+    cdef ActionResult result = _spare_result
+    if result is not None:
+        _spare_result = None
+    else:
+        result = ActionResult.__new__(ActionResult)
     result.result = value
     return result
 
 
-cdef object _unwrap_result(object route, object subject, object result):
-    """The outermost layer of a modifier stack returned: its ``ActionResult``'s value."""
+cdef object _unwrap_result(object route, object action, object result):
+    """The outermost layer of a modifier stack returned: its ``ActionResult``'s value.
+
+    ``action`` is the stack's ``ActionSubject``; the relay calling this holds one reference
+    to it and one to ``result``.
+    """
+    global _spare_action, _spare_result
     if not isinstance(result, ActionResult):
         raise TypeError(
             f"the modifier stack of {(<PipelineRoute>route).handler!r} returned {result!r}: "
             f"a modifier must return an ActionResult"
         )
-    return (<ActionResult>result).result
+    value = (<ActionResult>result).result
+    if _spare_result is None and type(result) is ActionResult and Py_REFCNT(result) == 1:
+        (<ActionResult>result).result = None  # ``value`` still holds it: nothing is freed here
+        _spare_result = <ActionResult>result
+    if _spare_action is None and Py_REFCNT(action) == 1:
+        (<ActionSubject>action).subject = None
+        (<ActionSubject>action)._inject = None
+        if _spare_action is None:  # freeing the subject may have run code that dispatched
+            _spare_action = <ActionSubject>action
+    return value
+
+
+def _not_an_action(route, given):
+    return TypeError(
+        f"the innermost call of the modifier stack of {route.handler!r} takes an ActionSubject, not {given!r}"
+    )
 
 
 def _not_awaitable(route, returned):
@@ -555,7 +618,7 @@ cdef class _ClassTable:
         self._used = 0
         self.usable = True
 
-    cdef inline PyObject *get(self, PyObject *key):
+    cdef inline PyObject *get(self, PyObject *key) noexcept:
         """The value stored for ``key`` (borrowed), or NULL."""
         cdef size_t index = ((<size_t>key) >> 4) & self._mask
         cdef PyObject *found

@@ -275,6 +275,8 @@ class Route:
 
     async def action(self, action: ActionSubject) -> ActionResult:
         """This route as the innermost call of a modifier stack."""
+        if not isinstance(action, ActionSubject):
+            raise _not_an_action(self, action)
         direct = self._direct
         if direct is not None and self._ignores_inject:  # fn(subject) is the whole call
             result = _new(ActionResult)
@@ -429,6 +431,12 @@ def _not_awaitable(route: PipelineRoute, returned: Any) -> TypeError:
     return TypeError(
         f"the modifier stack of {route.handler!r} returned {returned!r}: "
         f"a modifier layer must return an awaitable of an ActionResult (is it an async def?)"
+    )
+
+
+def _not_an_action(route: Route, given: Any) -> TypeError:
+    return TypeError(
+        f"the innermost call of the modifier stack of {route.handler!r} takes an ActionSubject, not {given!r}"
     )
 
 

@@ -25,6 +25,13 @@ typedef struct {
 
 enum { RELAY_ERROR = -1, RELAY_RETURN = 0, RELAY_NEXT = 1 };
 
+/* For the steps every dispatch takes: a call of their own costs more than their body. */
+#if defined(__GNUC__) || defined(__clang__)
+#define RELAY_INLINE static inline __attribute__((always_inline))
+#else
+#define RELAY_INLINE static inline
+#endif
+
 static PyTypeObject MediatorRelay_Type;
 
 /* Relays live for one dispatch: a few are kept for reuse instead of going back to malloc. */
@@ -38,7 +45,7 @@ static PyObject *mediator_relay(PyObject *inner, PyObject *owner, PyObject *subj
     MediatorRelay *self;
     if (relay_freelist_count > 0) {
         self = relay_freelist[--relay_freelist_count];
-        (void)PyObject_Init((PyObject *)self, &MediatorRelay_Type);
+        _Py_NewReference((PyObject *)self);  /* its type is still set: as CPython's own freelists do */
     } else {
         self = PyObject_GC_New(MediatorRelay, &MediatorRelay_Type);
         if (self == NULL) return NULL;
@@ -51,7 +58,8 @@ static PyObject *mediator_relay(PyObject *inner, PyObject *owner, PyObject *subj
     self->subject = subject;
     self->on_return = on_return;
     self->on_error = on_error;
-    self->started = 0;
+    /* A coroutine (or relay) is its own iterator: nothing to look up at the first step. */
+    self->started = PyCoro_CheckExact(inner) || Py_TYPE(inner) == &MediatorRelay_Type;
     self->running = 0;
     PyObject_GC_Track(self);
     return (PyObject *)self;
@@ -149,47 +157,16 @@ static void relay_release(MediatorRelay *self)
     Py_CLEAR(self->subject);
 }
 
-/* Advance the relay: RELAY_NEXT (*out = what the inner awaitable yielded), RELAY_RETURN
-   (*out = the relay's value) or RELAY_ERROR (an exception is set). */
-static int relay_step(MediatorRelay *self, PyObject *arg, PyObject *throw_args, PyObject **out)
+/* The inner awaitable is done (status RELAY_RETURN with its value, or RELAY_ERROR):
+   the relay's ending. Returns RELAY_RETURN (*out = the relay's value) or RELAY_ERROR. */
+RELAY_INLINE int relay_finish(MediatorRelay *self, int status, PyObject *value, PyObject **out)
 {
-    PyObject *iter, *value = NULL, *owner, *subject;
+    PyObject *owner = self->owner, *subject = self->subject;
     mediator_relay_fn finish;
-    int status;
-    *out = NULL;
-    if (self->running) {
-        PyErr_SetString(PyExc_ValueError, "relay already executing");
-        return RELAY_ERROR;
-    }
-    if (self->inner == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited relay");
-        return RELAY_ERROR;
-    }
-    if (!self->started) {
-        iter = relay_await_iter(self->inner);
-        self->started = 1;
-        if (iter == NULL) {
-            status = RELAY_ERROR;
-            goto finished;
-        }
-        Py_SETREF(self->inner, iter);
-    }
-    iter = self->inner;
-    Py_INCREF(iter);
-    self->running = 1;
-    status = relay_advance(iter, arg, throw_args, &value);
-    self->running = 0;
-    Py_DECREF(iter);
-    if (status == RELAY_NEXT) {
-        *out = value;
-        return RELAY_NEXT;
-    }
-finished:
-    /* The inner awaitable is done: the relay's own references go before the hooks run. */
-    owner = self->owner;
-    subject = self->subject;
+    /* the relay's own references go before the hooks run */
     self->owner = self->subject = NULL;
     Py_CLEAR(self->inner);
+    *out = NULL;
     if (status == RELAY_RETURN) {
         finish = self->on_return;
         if (finish != NULL) {
@@ -206,6 +183,40 @@ finished:
     Py_DECREF(owner);
     Py_DECREF(subject);
     return *out != NULL ? RELAY_RETURN : RELAY_ERROR;
+}
+
+/* Advance the relay: RELAY_NEXT (*out = what the inner awaitable yielded), RELAY_RETURN
+   (*out = the relay's value) or RELAY_ERROR (an exception is set). */
+static int relay_step(MediatorRelay *self, PyObject *arg, PyObject *throw_args, PyObject **out)
+{
+    PyObject *iter, *value = NULL;
+    int status;
+    *out = NULL;
+    if (self->running) {
+        PyErr_SetString(PyExc_ValueError, "relay already executing");
+        return RELAY_ERROR;
+    }
+    if (self->inner == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited relay");
+        return RELAY_ERROR;
+    }
+    if (!self->started) {
+        iter = relay_await_iter(self->inner);
+        self->started = 1;
+        if (iter == NULL) return relay_finish(self, RELAY_ERROR, NULL, out);
+        Py_SETREF(self->inner, iter);
+    }
+    iter = self->inner;
+    Py_INCREF(iter);
+    self->running = 1;
+    status = relay_advance(iter, arg, throw_args, &value);
+    self->running = 0;
+    Py_DECREF(iter);
+    if (status == RELAY_NEXT) {
+        *out = value;
+        return RELAY_NEXT;
+    }
+    return relay_finish(self, status, value, out);
 }
 
 /* A return as the iterator protocol spells it: StopIteration carrying the value. */
@@ -277,7 +288,25 @@ static PyObject *relay_close(MediatorRelay *self, PyObject *unused)
 #if PY_VERSION_HEX >= 0x030A0000
 static PySendResult relay_am_send(MediatorRelay *self, PyObject *arg, PyObject **result)
 {
-    int status = relay_step(self, arg, NULL, result);
+    PyObject *inner = self->inner, *value;
+    PySendResult sent;
+    int status;
+    /* The common case, a started coroutine (or relay) inside, is sent to directly. */
+    if (self->started && !self->running && inner != NULL && Py_TYPE(inner)->tp_as_async != NULL
+            && Py_TYPE(inner)->tp_as_async->am_send != NULL) {
+        Py_INCREF(inner);
+        self->running = 1;
+        sent = Py_TYPE(inner)->tp_as_async->am_send(inner, arg, &value);
+        self->running = 0;
+        Py_DECREF(inner);
+        if (sent == PYGEN_NEXT) {
+            *result = value;
+            return PYGEN_NEXT;
+        }
+        status = relay_finish(self, sent == PYGEN_RETURN ? RELAY_RETURN : RELAY_ERROR, value, result);
+    } else {
+        status = relay_step(self, arg, NULL, result);
+    }
     return status == RELAY_NEXT ? PYGEN_NEXT : status == RELAY_RETURN ? PYGEN_RETURN : PYGEN_ERROR;
 }
 #endif

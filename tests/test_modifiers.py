@@ -1,6 +1,7 @@
 """Modifiers on both buses: ModifierFactory layers, ModifierStack, ActionSubject and Hook."""
 
 import asyncio
+import gc
 from dataclasses import dataclass
 
 import pytest
@@ -346,6 +347,112 @@ def test_modifier_can_answer_without_calling_the_handler():
     bus.register(recording_handler(log), modifiers=[Cache()])
     assert run(bus.execute(Subject(1))) == "cached"
     assert log == []
+
+
+class Keep(ModifierFactory):
+    """A layer that keeps every ``keep_every``-th dispatch's ActionSubject and ActionResult,
+    and records the inject each dispatch arrives with before adding to it."""
+
+    def __init__(self, keep_every):
+        self.keep_every = keep_every
+        self.kept = []
+        self.arrived_with = []
+
+    def create(self, call, **kwargs):
+        async def layer(action):
+            self.arrived_with.append(dict(action.inject))
+            action.inject["added"] = len(self.arrived_with)
+            result = await call(action)
+            if len(self.arrived_with) % self.keep_every == 0:
+                self.kept.append((action, result, action.subject, result.result))
+            return result
+
+        return layer
+
+
+@BUS_KINDS
+@pytest.mark.parametrize("keep_every", [1, 2, 3])
+def test_actions_and_results_a_layer_keeps_stay_as_they_were(kind, keep_every):
+    # The engine may reuse the ActionSubject and ActionResult of a finished dispatch; one a
+    # layer still holds must never be one of them.
+    keep = Keep(keep_every)
+    bus = Bus(kind, modifiers=[keep, Keep(10**9)])
+
+    async def handler(subject: Subject, added=None):
+        return bus.out((subject.value, added))
+
+    bus.register(handler)
+
+    async def main():
+        return [await bus.dispatch(Subject(value)) for value in range(12)]
+
+    assert run(main()) == [(value, value + 1) for value in range(12)]
+    assert keep.arrived_with == [{}] * 12  # no dispatch sees what an earlier one injected
+    assert len(keep.kept) == 12 // keep_every
+    for action, result, subject, value in keep.kept:
+        assert action.subject is subject and action.inject == {"added": value[1]}
+        assert result.result == value and result.result[0] == subject.value
+    assert len({id(action) for action, *_ in keep.kept}) == len(keep.kept)
+    assert len({id(result) for _, result, *_ in keep.kept}) == len(keep.kept)
+
+
+def test_a_subject_freed_as_its_dispatch_ends_may_dispatch_from_its_finalizer():
+    started = []
+
+    class Layer(ModifierFactory):
+        def create(self, call, **kwargs):
+            async def layer(action):
+                return await call(action)
+
+            return layer
+
+    bus = LocalRequestBus(modifiers=[Layer(), Layer()])
+
+    class Dying:
+        def __init__(self, value):
+            self.value = value
+
+        def __del__(self):
+            started.append(bus.execute(Subject(self.value)))  # awaited later
+
+    async def handle_dying(subject: Dying):
+        return ("dying", subject.value)
+
+    async def handle_subject(subject: Subject):
+        return ("subject", subject.value)
+
+    bus.register(handle_dying)
+    bus.register(handle_subject)
+
+    async def main():
+        results = [await bus.execute(Dying(value)) for value in range(5)]
+        gc.collect()  # PyPy finalizes only when it collects (CPython has done it already)
+        return results, sorted([await awaitable for awaitable in started])
+
+    results, later = run(main())
+    assert results == [("dying", value) for value in range(5)]
+    assert later == [("subject", value) for value in range(5)]
+
+
+@BUS_KINDS
+def test_innermost_call_given_no_action_subject_is_a_type_error_naming_the_handler(kind):
+    class Unwrap(ModifierFactory):
+        def create(self, call, **kwargs):
+            async def layer(action):
+                return await call(action.subject)
+
+            return layer
+
+    bus = Bus(kind)
+
+    async def my_distinctive_handler(subject: Subject):
+        return 1
+
+    bus.register(my_distinctive_handler, modifiers=[Unwrap()])
+    with pytest.raises(TypeError) as caught:
+        run(bus.dispatch(Subject()))
+    assert "my_distinctive_handler" in str(caught.value)
+    assert "takes an ActionSubject, not Subject(value=0)" in str(caught.value)
 
 
 @BUS_KINDS
