@@ -256,12 +256,14 @@ class Route:
         if plan is None:
             return self._invoke_unwinding(subject, inject)
         first, second, third, call, finish = plan
-        if first is not None:
+        if third is not None:  # then so are the others: see _plan_of
             first(subject, inject)
-        if second is not None:
             second(subject, inject)
-        if third is not None:
             third(subject, inject)
+        elif first is not None:
+            first(subject, inject)
+            if second is not None:
+                second(subject, inject)
         if call is None:
             call = self.invoker
             if finish is None:
@@ -345,7 +347,8 @@ def _plan_of(
     befores: Tuple[Tuple[int, Any], ...], call: Any, afters: Tuple[Tuple[int, Any], ...]
 ) -> Tuple[Any, Any, Any, Any, Any]:
     """A route's straight-line path, from up to three (depth, stage) steps of each kind:
-    ``(first, second, third, call, finish)``, the befores padded with None to three;
+    ``(first, second, third, call, finish)``, the befores padded with None to three (so
+    ``third`` set means all three are: one test runs three befores);
     ``call``, the handler function or None (the invoker); ``finish``, see _finisher.
     """
     stages = tuple(stage for _, stage in befores)
@@ -478,12 +481,14 @@ class RequestDispatcher:
             plan = route._plan
             if plan is not None:  # Route.invoke, inlined
                 first, second, third, call, finish = plan
-                if first is not None:
+                if third is not None:  # then so are the others: see _plan_of
                     first(obj, inject)
-                if second is not None:
                     second(obj, inject)
-                if third is not None:
                     third(obj, inject)
+                elif first is not None:
+                    first(obj, inject)
+                    if second is not None:
+                        second(obj, inject)
                 if call is None:
                     call = route.invoker
                     if finish is None:
