@@ -474,19 +474,19 @@ class RequestDispatcher:
             if route is None:
                 return _raise(self._missing(obj))
         try:
-            direct = route._direct
-            if direct is not None:
+            fn = route._direct  # the handler function, when fn(subject) is the whole call
+            if fn is not None:
                 if not inject or route._ignores_inject:
-                    return direct(obj)
+                    return fn(obj)
                 if len(inject) == 1 and route._kw_next in inject:  # by position: same binding
-                    return direct(obj, inject[route._kw_next])
+                    return fn(obj, inject[route._kw_next])
                 if (route._kw_names is not None and inject.keys() <= route._kw_names) or (
                     route._kw_all and route._kw_exclude not in inject
                 ):
-                    return direct(obj, **inject)
+                    return fn(obj, **inject)
             plan = route._plan
             if plan is not None:  # Route.invoke, inlined
-                first, second, third, call, finish = plan
+                first, second, third, fn, finish = plan  # fn: see _plan_of
                 if third is not None:  # then so are the others: see _plan_of
                     first(obj, inject)
                     second(obj, inject)
@@ -495,14 +495,14 @@ class RequestDispatcher:
                     first(obj, inject)
                     if second is not None:
                         second(obj, inject)
-                if call is None:
-                    call = route.invoker
+                if fn is None:
+                    fn = route.invoker
                     if finish is None:
-                        return call(obj, inject)
-                    return finish(call(obj, inject), obj)
+                        return fn(obj, inject)
+                    return finish(fn(obj, inject), obj)
                 if finish is None:
-                    return call(obj)
-                return finish(call(obj), obj)
+                    return fn(obj)
+                return finish(fn(obj), obj)
             pipeline = route._pipeline
             if pipeline is not None:  # PipelineRoute.invoke, inlined
                 action = _new(ActionSubject)
