@@ -223,18 +223,18 @@ class Route:
             self._errors = errors if any(errors) else ()
         # fn(subject) when that is the whole call of the handler, else None: the invoker.
         simple = invoker.subject_name is None and invoker.kind == "async"
-        call = invoker.fn if simple and invoker._mode == _DROP else None
+        fn = invoker.fn if simple and invoker._mode == _DROP else None
         # Without error stages no depth is needed: up to three befores and three afters run
         # as straight-line calls (cheaper than a loop on CPython; PyPy's JIT inlines them,
         # where it does not inline a short loop). ``_plan`` None: the general path.
         self._plan: Optional[Tuple[Any, ...]] = None
         if not self._errors and len(self._enter_steps) <= 3 and len(self._exit_steps) <= 3:
-            self._plan = _plan_of(self._enter_steps, call, self._exit_steps)
+            self._plan = _plan_of(self._enter_steps, fn, self._exit_steps)
         # The handler function itself, when fn(subject) is the whole call (see execute).
         direct = simple and not self._enter_steps and not self._exit_steps and not self._errors
         self._inline = invoker.kind == "sync"  # an event bus runs it in place, without a task
         self._stream = invoker.kind == "stream"  # answers bus.stream(), not execute()
-        if self._stream:  # see execute
+        if self._stream:  # execute refuses it, invoke takes the general path
             self._plan = None
         self._direct = invoker.fn if direct else None
         self._ignores_inject = direct and invoker._mode == _DROP
@@ -255,7 +255,7 @@ class Route:
         plan = self._plan
         if plan is None:
             return self._invoke_unwinding(subject, inject)
-        first, second, third, call, finish = plan
+        first, second, third, fn, finish = plan
         if third is not None:  # then so are the others: see _plan_of
             first(subject, inject)
             second(subject, inject)
@@ -264,14 +264,14 @@ class Route:
             first(subject, inject)
             if second is not None:
                 second(subject, inject)
-        if call is None:
-            call = self.invoker
+        if fn is None:
+            fn = self.invoker
             if finish is None:
-                return call(subject, inject)
-            return finish(call(subject, inject), subject)
+                return fn(subject, inject)
+            return finish(fn(subject, inject), subject)
         if finish is None:
-            return call(subject)
-        return finish(call(subject), subject)
+            return fn(subject)
+        return finish(fn(subject), subject)
 
     async def action(self, action: ActionSubject) -> ActionResult:
         """This route as the innermost call of a modifier stack."""
@@ -344,15 +344,16 @@ _NO_STAGES = (None, None, None)
 
 
 def _plan_of(
-    befores: Tuple[Tuple[int, Any], ...], call: Any, afters: Tuple[Tuple[int, Any], ...]
+    befores: Tuple[Tuple[int, Any], ...], fn: Any, afters: Tuple[Tuple[int, Any], ...]
 ) -> Tuple[Any, Any, Any, Any, Any]:
     """A route's straight-line path, from up to three (depth, stage) steps of each kind:
-    ``(first, second, third, call, finish)``, the befores padded with None to three (so
-    ``third`` set means all three are: one test runs three befores);
-    ``call``, the handler function or None (the invoker); ``finish``, see _finisher.
+    ``(first, second, third, fn, finish)``, the befores padded with None to three (so
+    ``third`` set means all three are: one test runs three befores); ``fn``, the handler
+    function when ``fn(subject)`` is its call, else None (the invoker); ``finish``, see
+    _finisher.
     """
     stages = tuple(stage for _, stage in befores)
-    return stages + _NO_STAGES[len(stages):] + (call, _finisher(tuple(stage for _, stage in afters)))
+    return stages + _NO_STAGES[len(stages):] + (fn, _finisher(tuple(stage for _, stage in afters)))
 
 
 def _finisher(afters: Tuple[Callable[..., Any], ...]) -> Optional[Callable[[Any, Any], Any]]:
