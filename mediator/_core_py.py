@@ -504,12 +504,12 @@ class RequestDispatcher:
                 if finish is None:
                     return fn(obj)
                 return finish(fn(obj), obj)
-            pipeline = route._pipeline
-            if pipeline is not None:  # PipelineRoute.invoke, inlined
+            fn = route._pipeline  # the stack's outermost layer
+            if fn is not None:  # PipelineRoute.invoke, inlined
                 action = _new(ActionSubject)
                 action.subject = obj
                 action.inject = inject
-                return _unwrap(route, pipeline(action))
+                return _unwrap(route, fn(action))
             if route._stream:
                 return _raise(_stream_misuse(route, obj))
             return route._invoke_unwinding(obj, inject)  # error stages, or more than three hooks
