@@ -717,6 +717,31 @@ def test_hooks_without_error_stages_nest_like_try_blocks(kind, layout):
         assert result == befores + afters  # each before saw the inject dict, each after the result
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_hooks_around_a_handler_of_the_subject_alone(layout):
+    """The same layouts around ``fn(subject)``: befores when execute is called, afters on
+    the handler's result once it returns."""
+    log = []
+    layers = layout.split(",")
+    hooks = [_partial_hook(str(index), log, {"b": ["before"], "a": ["after"], "ba": ["before", "after"]}[stages])
+             for index, stages in enumerate(layers)]
+    bus = LocalRequestBus()
+
+    async def handler(subject: Subject):
+        log.append("handler")
+        return ""
+
+    bus.register(handler, modifiers=hooks)
+
+    async def main():
+        awaitable = bus.execute(Subject())
+        assert log == _expected(layout)[: _expected(layout).index("handler")]
+        return await awaitable
+
+    assert run(main()) == "".join(str(index) for index, stages in reversed(list(enumerate(layers))) if "a" in stages)
+    assert log == _expected(layout)
+
+
 @pytest.mark.parametrize("layout", ["ba,ba,ba", "ba,ba,ba,ba"])
 @pytest.mark.parametrize("fail", ["before", "handler", "after"])
 def test_a_failure_inside_hooks_without_error_stages_propagates(layout, fail):
