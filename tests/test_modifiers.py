@@ -434,6 +434,21 @@ def test_a_subject_freed_as_its_dispatch_ends_may_dispatch_from_its_finalizer():
     assert later == [("subject", value) for value in range(5)]
 
 
+def type_error_naming_the_handler(kind, factory):
+    """The message of the TypeError a dispatch through ``factory`` raises, which must name
+    the handler."""
+    bus = Bus(kind)
+
+    async def my_distinctive_handler(subject: Subject):
+        return 1
+
+    bus.register(my_distinctive_handler, modifiers=[factory])
+    with pytest.raises(TypeError) as caught:
+        run(bus.dispatch(Subject()))
+    assert "my_distinctive_handler" in str(caught.value)
+    return str(caught.value)
+
+
 @BUS_KINDS
 def test_innermost_call_given_no_action_subject_is_a_type_error_naming_the_handler(kind):
     class Unwrap(ModifierFactory):
@@ -443,16 +458,7 @@ def test_innermost_call_given_no_action_subject_is_a_type_error_naming_the_handl
 
             return layer
 
-    bus = Bus(kind)
-
-    async def my_distinctive_handler(subject: Subject):
-        return 1
-
-    bus.register(my_distinctive_handler, modifiers=[Unwrap()])
-    with pytest.raises(TypeError) as caught:
-        run(bus.dispatch(Subject()))
-    assert "my_distinctive_handler" in str(caught.value)
-    assert "takes an ActionSubject, not Subject(value=0)" in str(caught.value)
+    assert "takes an ActionSubject, not Subject(value=0)" in type_error_naming_the_handler(kind, Unwrap())
 
 
 @BUS_KINDS
@@ -465,16 +471,7 @@ def test_modifier_returning_a_non_action_result_is_a_type_error_naming_the_handl
 
             return layer
 
-    bus = Bus(kind)
-
-    async def my_distinctive_handler(subject: Subject):
-        return 1
-
-    bus.register(my_distinctive_handler, modifiers=[Bad()])
-    with pytest.raises(TypeError) as caught:
-        run(bus.dispatch(Subject()))
-    assert "my_distinctive_handler" in str(caught.value)
-    assert "not an ActionResult" in str(caught.value)
+    assert "not an ActionResult" in type_error_naming_the_handler(kind, Bad())
 
 
 @BUS_KINDS
