@@ -278,10 +278,12 @@ cdef class Invoker:
         return self.fn(**{self.subject_name: subject})
 
     @cython.always_allow_keywords(False)
-    def action(self, ActionSubject action):
+    def action(self, action):
         """Call through the modifier interface: ``ActionSubject`` in, ``ActionResult`` out."""
+        if not isinstance(action, ActionSubject):
+            return _raise(_not_an_action(self.fn, action))
         try:
-            awaitable = self.call(action.subject, action.inject)
+            awaitable = self.call((<ActionSubject>action).subject, (<ActionSubject>action).inject)
         except Exception as error:  # raise at await time, as an async call would
             return _raise(error)
         return mediator_relay(awaitable, None, None, _action_result, NULL)
@@ -498,7 +500,7 @@ cdef object _route_action(object owner, object argument):
     cdef PyObject *awaitable
     cdef PyObject *subject  # borrowed: the action holds it
     if not isinstance(argument, ActionSubject):
-        return _raise(_not_an_action(route, argument))
+        return _raise(_not_an_action(route.handler, argument))
     action = <ActionSubject>argument
     if route._direct is not None and (action._unmade or not action._inject):
         subject = <PyObject *>action.subject
@@ -564,9 +566,9 @@ cdef object _unwrap_result(object route, object action, object result):
     return value
 
 
-def _not_an_action(route, given):
+def _not_an_action(handler, given):
     return TypeError(
-        f"the innermost call of the modifier stack of {route.handler!r} takes an ActionSubject, not {given!r}"
+        f"the innermost call of the modifier stack of {handler!r} takes an ActionSubject, not {given!r}"
     )
 
 

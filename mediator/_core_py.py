@@ -156,6 +156,8 @@ class Invoker:
 
     async def action(self, action: ActionSubject) -> ActionResult:
         """Call through the modifier interface: ``ActionSubject`` in, ``ActionResult`` out."""
+        if not isinstance(action, ActionSubject):
+            raise _not_an_action(self.fn, action)
         return ActionResult(await self(action.subject, action.inject))
 
 
@@ -276,7 +278,7 @@ class Route:
     async def action(self, action: ActionSubject) -> ActionResult:
         """This route as the innermost call of a modifier stack."""
         if not isinstance(action, ActionSubject):
-            raise _not_an_action(self, action)
+            raise _not_an_action(self.handler, action)
         direct = self._direct
         if direct is not None and self._ignores_inject:  # fn(subject) is the whole call
             result = _new(ActionResult)
@@ -447,9 +449,9 @@ def _not_awaitable(route: PipelineRoute, returned: Any) -> TypeError:
     )
 
 
-def _not_an_action(route: Route, given: Any) -> TypeError:
+def _not_an_action(handler: Any, given: Any) -> TypeError:
     return TypeError(
-        f"the innermost call of the modifier stack of {route.handler!r} takes an ActionSubject, not {given!r}"
+        f"the innermost call of the modifier stack of {handler!r} takes an ActionSubject, not {given!r}"
     )
 
 

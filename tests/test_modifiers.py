@@ -462,6 +462,20 @@ def test_innermost_call_given_no_action_subject_is_a_type_error_naming_the_handl
 
 
 @BUS_KINDS
+def test_target_given_no_action_subject_is_a_type_error_naming_the_handler(kind):
+    class CallTarget(ModifierFactory):
+        def create(self, call, **kwargs):
+            target = kwargs["target"]
+
+            async def layer(action):
+                return await target(action.subject)
+
+            return layer
+
+    assert "takes an ActionSubject, not Subject(value=0)" in type_error_naming_the_handler(kind, CallTarget())
+
+
+@BUS_KINDS
 def test_modifier_returning_a_non_action_result_is_a_type_error_naming_the_handler(kind):
     class Bad(ModifierFactory):
         def create(self, call, **kwargs):
