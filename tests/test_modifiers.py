@@ -450,29 +450,18 @@ def type_error_naming_the_handler(kind, factory):
 
 
 @BUS_KINDS
-def test_innermost_call_given_no_action_subject_is_a_type_error_naming_the_handler(kind):
+@pytest.mark.parametrize("callee", ["call", "target"])
+def test_innermost_call_or_target_given_no_action_subject_is_a_type_error_naming_the_handler(kind, callee):
     class Unwrap(ModifierFactory):
         def create(self, call, **kwargs):
+            inner = call if callee == "call" else kwargs["target"]
+
             async def layer(action):
-                return await call(action.subject)
+                return await inner(action.subject)
 
             return layer
 
     assert "takes an ActionSubject, not Subject(value=0)" in type_error_naming_the_handler(kind, Unwrap())
-
-
-@BUS_KINDS
-def test_target_given_no_action_subject_is_a_type_error_naming_the_handler(kind):
-    class CallTarget(ModifierFactory):
-        def create(self, call, **kwargs):
-            target = kwargs["target"]
-
-            async def layer(action):
-                return await target(action.subject)
-
-            return layer
-
-    assert "takes an ActionSubject, not Subject(value=0)" in type_error_naming_the_handler(kind, CallTarget())
 
 
 @BUS_KINDS
