@@ -9,6 +9,7 @@ cimport cython
 from cpython.contextvars cimport PyContext_CopyCurrent, PyContext_Enter, PyContext_Exit
 from cpython.exc cimport PyErr_Occurred
 from cpython.ref cimport PyObject, Py_REFCNT, Py_XDECREF
+from cpython.unicode cimport PyUnicode_GET_LENGTH
 
 import asyncio
 import logging
@@ -105,7 +106,11 @@ cdef extern from *:
 
 cdef extern from "_relay.h":
     ctypedef object (*mediator_relay_fn)(object owner, object subject, object value)
+    ctypedef object (*mediator_start_fn)(object owner, object subject, object argument, int *finished)
     object mediator_relay(object inner, object owner, object subject, mediator_relay_fn on_return, mediator_relay_fn on_error)
+    object mediator_deferred(
+        mediator_start_fn start, object owner, object subject, object argument, mediator_relay_fn on_return, const char *what
+    )
     int mediator_relay_ready() except -1
     bint mediator_is_awaitable(object o)
 
@@ -703,6 +708,42 @@ cdef class RequestDispatcher:
         return LookupError(f"no handler for {type(obj)!r}")
 
 
+cdef dict _kwargs(PyObject **values, PyObject *kwnames):
+    """The keyword arguments of a vectorcall as a dict."""
+    cdef Py_ssize_t index
+    cdef dict kwargs = {}
+    for index in range(PyTuple_GET_SIZE(kwnames)):
+        kwargs[<object>PyTuple_GET_ITEM(kwnames, index)] = <object>values[index]
+    return kwargs
+
+
+cdef inline bint _names_obj(PyObject *kwnames) noexcept:
+    """Whether a vectorcall's keyword names include ``obj`` (the event or request's own name)."""
+    cdef Py_ssize_t index
+    cdef PyObject *name
+    for index in range(PyTuple_GET_SIZE(kwnames)):
+        name = PyTuple_GET_ITEM(kwnames, index)
+        # a name of another length is not "obj": the common case, one C comparison
+        if PyUnicode_GET_LENGTH(<object>name) == 3 and <object>name == "obj":
+            return True
+    return False
+
+
+cdef tuple _bind_arguments(str method, PyObject **args, Py_ssize_t nargs, PyObject *kwnames):
+    """``(obj, inject)`` of a call ``method(obj, **inject)``, bound as Python binds a
+    ``def``'s: ``obj`` once, by position or by name."""
+    cdef dict inject = {} if kwnames == NULL else _kwargs(args + nargs, kwnames)
+    if nargs > 1:
+        raise TypeError(f"{method}() takes 1 positional argument but {nargs} were given")
+    if nargs == 1:
+        if "obj" in inject:
+            raise TypeError(f"{method}() got multiple values for argument 'obj'")
+        return <object>args[0], inject
+    if "obj" not in inject:
+        raise TypeError(f"{method}() missing 1 required argument: 'obj'")
+    return inject.pop("obj"), inject
+
+
 cdef object _execute(object self, PyObject **args, Py_ssize_t nargs, PyObject *kwnames):
     """RequestDispatcher.execute(obj, **inject): a METH_FASTCALL|METH_KEYWORDS method.
 
@@ -713,8 +754,9 @@ cdef object _execute(object self, PyObject **args, Py_ssize_t nargs, PyObject *k
     cdef PyObject *found
     cdef PyObject *awaitable
     cdef _BaseRoute route
-    if nargs != 1:
-        raise TypeError(f"execute() takes the request as its one positional argument ({nargs} given)")
+    if nargs != 1 or (kwnames != NULL and _names_obj(kwnames)):
+        obj, inject = _bind_arguments("execute", args, nargs, kwnames)
+        return _execute_bound(<RequestDispatcher>self, obj, inject)
     if (<RequestDispatcher>self)._table.usable:
         found = (<RequestDispatcher>self)._table.get(Py_TYPE(args[0]))
     else:
@@ -748,19 +790,26 @@ cdef object _execute_unrouted(RequestDispatcher self, PyObject **args, PyObject 
     return _execute_planned(<_BaseRoute>found, args, kwnames)
 
 
+cdef object _execute_bound(RequestDispatcher self, object obj, dict inject):
+    """``execute`` given its request by name (``obj=``): the general path."""
+    route = self._routes.get(type(obj))
+    if route is None:
+        route = self._resolve(type(obj)) if self._polymorphic else None
+        if route is None:
+            return _raise(self._missing(obj))
+    return _execute_with(<_BaseRoute>route, obj, inject)
+
+
 cdef inline object _execute_planned(_BaseRoute route, PyObject **args, PyObject *kwnames):
     """The route's own plan, with the injected kwargs gathered in a dict (and the
     first dispatch of a class that resolved through its MRO)."""
-    cdef Py_ssize_t index
-    cdef dict inject = None
-    obj = <object>args[0]
+    return _execute_with(route, <object>args[0], None if kwnames == NULL else _kwargs(args + 1, kwnames))
+
+
+cdef object _execute_with(_BaseRoute route, object obj, dict inject):
     try:
-        if route._direct is not None and (kwnames == NULL or route._ignores_inject):
+        if route._direct is not None and (not inject or route._ignores_inject):
             return route._direct(obj)
-        if kwnames != NULL:
-            inject = {}
-            for index in range(PyTuple_GET_SIZE(kwnames)):
-                inject[<object>PyTuple_GET_ITEM(kwnames, index)] = <object>args[index + 1]
         if route._stream:
             return _raise(_stream_misuse(route, obj))
         return route._invoke(obj, inject)
@@ -856,53 +905,6 @@ cdef class EventDispatcher:
         group = self._groups[cls] = tuple(routes)
         return group
 
-    async def publish(self, obj, **inject):
-        """Run every handler of ``type(obj)`` with the bus's strategy (or ``strategy=``)."""
-        cdef int kind = self._kind
-        cdef list errors = None
-        cdef list pending = None
-        if self._closed:
-            raise self._closed_error(obj)
-        strategy = self._strategy
-        if inject and "strategy" in inject:
-            kind, strategy = self._strategy_for(inject.pop("strategy"))
-        cdef tuple group = self._groups.get(type(obj))
-        if group is None:
-            if not self._polymorphic:
-                return
-            group = self._resolve(type(obj))
-        if not group:
-            return
-        if kind == _BACKGROUND:
-            if self._max_pending:
-                await self._spawn_bounded(group, obj, inject)
-            else:
-                self._spawn(group, obj, inject)
-            return
-        if kind == _CUSTOM:
-            await self._run_custom(strategy, group, obj, inject)
-            return
-        if kind == _SEQUENTIAL:
-            errors = await self._sequential(group, obj, inject)
-        else:
-            for route in group:
-                try:
-                    task = self._start_run(<_BaseRoute>route, obj, inject)
-                except Exception as error:
-                    errors = _failed(errors, error, obj, route)
-                    continue
-                except asyncio.CancelledError as error:  # its own: nothing can cancel a sync step
-                    self._handler_failed(error, obj, route)
-                    continue
-                if task is not None:
-                    if pending is None:
-                        pending = []
-                    pending.append((task, route))
-            if pending is not None:
-                errors = await _collect(self, pending, obj, errors)
-        if errors is not None:
-            raise handler_errors(obj, errors)
-
     def _start(self, _BaseRoute route, obj, dict inject):
         """Start one handler in its own context: ``None`` if it finished, else its task."""
         return self._start_run(route, obj, inject)
@@ -917,7 +919,7 @@ cdef class EventDispatcher:
             if route._direct is not None and (not inject or route._ignores_inject):
                 coroutine = route._direct(obj)
             else:  # its modifiers may change inject: the next handler gets it unchanged
-                coroutine = route._invoke(obj, dict(inject))
+                coroutine = route._invoke(obj, {} if inject is None else dict(inject))
             status = mediator_step(coroutine, &step_result)
         finally:
             PyContext_Exit(context)
@@ -1040,6 +1042,97 @@ cdef class EventDispatcher:
 
     def _closed_error(self, obj):
         return RuntimeError(f"{type(self).__name__} is closed: cannot publish {obj!r}")
+
+
+cdef object _publish(object self, PyObject **args, Py_ssize_t nargs, PyObject *kwnames):
+    """EventDispatcher.publish(obj, **inject): a METH_FASTCALL|METH_KEYWORDS method.
+
+    It returns what an ``async def publish`` would, an awaitable that publishes once it is
+    awaited (and warns if it never is), but as a deferred relay: no coroutine, frame or
+    kwargs dict is made, and handlers that finish at once need nothing more.
+    """
+    if nargs != 1 or (kwnames != NULL and _names_obj(kwnames)):
+        obj, inject = _bind_arguments("publish", args, nargs, kwnames)
+    else:
+        obj, inject = <object>args[0], None if kwnames == NULL else _kwargs(args + 1, kwnames)
+    return mediator_deferred(_publish_start, self, obj, inject, _published, b"EventDispatcher.publish")
+
+
+cdef object _publish_start(object owner, object obj, object argument, int *finished):
+    """The body of ``publish``, run when it is first awaited: the handlers that finish at
+    once are done here (``*finished``); what must wait is returned, an awaitable to drive."""
+    cdef EventDispatcher self = <EventDispatcher>owner
+    cdef dict inject = <dict>argument
+    cdef int kind = self._kind
+    cdef list errors = None
+    cdef list pending = None
+    cdef tuple group
+    finished[0] = 1
+    if self._closed:
+        raise self._closed_error(obj)
+    strategy = self._strategy
+    if inject and "strategy" in inject:
+        kind, strategy = self._strategy_for(inject.pop("strategy"))
+    group = self._groups.get(type(obj))
+    if group is None:
+        if not self._polymorphic:
+            return None
+        group = self._resolve(type(obj))
+    if not group:
+        return None
+    if inject is None and kind != _CONCURRENT:
+        inject = {}
+    if kind == _BACKGROUND:
+        if self._max_pending:
+            finished[0] = 0
+            return self._spawn_bounded(group, obj, inject)
+        self._spawn(group, obj, inject)
+        return None
+    if kind == _CUSTOM:
+        finished[0] = 0
+        return self._run_custom(strategy, group, obj, inject)
+    if kind == _SEQUENTIAL:
+        finished[0] = 0
+        return _settle(self._sequential(group, obj, inject), obj)
+    for route in group:
+        try:
+            task = self._start_run(<_BaseRoute>route, obj, inject)
+        except Exception as error:
+            errors = _failed(errors, error, obj, route)
+            continue
+        except asyncio.CancelledError as error:  # its own: nothing can cancel a sync step
+            self._handler_failed(error, obj, route)
+            continue
+        if task is not None:
+            if pending is None:
+                pending = []
+            pending.append((task, route))
+    if pending is not None:
+        finished[0] = 0
+        return _settle(_collect(self, pending, obj, errors), obj)
+    if errors is not None:
+        raise handler_errors(obj, errors)
+    return None
+
+
+async def _settle(collecting, obj):
+    """Await the handlers of a publish that had to wait; raise their failures together."""
+    errors = await collecting
+    if errors is not None:
+        raise handler_errors(obj, errors)
+
+
+cdef object _published(object owner, object subject, object value):
+    """A publish returns None, whatever a strategy's awaitable ended with."""
+    return None
+
+
+mediator_install_fastcall(
+    EventDispatcher,
+    b"publish",
+    <void *>_publish,
+    b"publish(obj, **inject)\n--\n\nRun every handler of ``type(obj)`` with the bus's strategy (or ``strategy=``).",
+)
 
 
 def _identity(handler):

@@ -5,6 +5,9 @@
  * no coroutine object, and where the awaiting side sends through `am_send` (CPython 3.10
  * and 3.11 when awaited, every version when a task drives it) no StopIteration either.
  * It has `send`, `throw` and `close`, so asyncio takes it for a coroutine.
+ *
+ * A deferred relay (`mediator_deferred`) has no inner awaitable yet: a C function makes
+ * it when the relay is first awaited, as the body of an `async def` runs only then.
  */
 #include <Python.h>
 
@@ -12,13 +15,21 @@
    -> a value, or NULL with an exception set (usually `error` again). New references. */
 typedef PyObject *(*mediator_relay_fn)(PyObject *owner, PyObject *subject, PyObject *value);
 
+/* start(owner, subject, argument, &finished): a deferred relay's first step. Returns the
+   awaitable to drive from there, or, with *finished set, the value it ends with (or NULL
+   with an exception set). A new reference. */
+typedef PyObject *(*mediator_start_fn)(PyObject *owner, PyObject *subject, PyObject *argument, int *finished);
+
 typedef struct {
     PyObject_HEAD
-    PyObject *inner;  /* the awaitable; its iterator once started; NULL once finished */
+    PyObject *inner;  /* the awaitable; its iterator once started; NULL once finished;
+                         before a deferred relay begins, its start's argument */
     PyObject *owner;
     PyObject *subject;
     mediator_relay_fn on_return;  /* NULL: the inner value as it is */
     mediator_relay_fn on_error;   /* NULL: errors pass through; else it sees Exceptions */
+    mediator_start_fn start;      /* a deferred relay not yet begun; else NULL */
+    const char *what;             /* a deferred relay: what its never-awaited warning names */
     char started;
     char running;
 } MediatorRelay;
@@ -58,10 +69,24 @@ static PyObject *mediator_relay(PyObject *inner, PyObject *owner, PyObject *subj
     self->subject = subject;
     self->on_return = on_return;
     self->on_error = on_error;
+    self->start = NULL;
     /* A coroutine (or relay) is its own iterator: nothing to look up at the first step. */
     self->started = PyCoro_CheckExact(inner) || Py_TYPE(inner) == &MediatorRelay_Type;
     self->running = 0;
     PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
+/* A relay whose inner awaitable `start` makes when it is first awaited (see
+   mediator_start_fn); `what` names it in the warning given if it never is. */
+static PyObject *mediator_deferred(mediator_start_fn start, PyObject *owner, PyObject *subject,
+                                   PyObject *argument, mediator_relay_fn on_return, const char *what)
+{
+    MediatorRelay *self = (MediatorRelay *)mediator_relay(argument, owner, subject, on_return, NULL);
+    if (self == NULL) return NULL;
+    self->start = start;
+    self->what = what;
+    self->started = 0;
     return (PyObject *)self;
 }
 
@@ -111,6 +136,19 @@ static PyObject *relay_fetch_error(void)
 #endif
 }
 
+/* Raise what throw(*args) was given where there is nothing to throw it into. */
+static void relay_raise_thrown(PyObject *args)
+{
+    PyObject *first = PyTuple_GET_ITEM(args, 0);
+    if (PyExceptionInstance_Check(first)) {
+        PyErr_SetObject((PyObject *)Py_TYPE(first), first);
+    } else if (PyExceptionClass_Check(first)) {
+        PyErr_SetObject(first, PyTuple_GET_SIZE(args) > 1 ? PyTuple_GET_ITEM(args, 1) : NULL);
+    } else {
+        PyErr_SetString(PyExc_TypeError, "exceptions must be classes or instances deriving from BaseException");
+    }
+}
+
 /* One step of the iterator: send `arg`, or throw `args` (a tuple) when it is not NULL. */
 static int relay_advance(PyObject *iter, PyObject *arg, PyObject *args, PyObject **value)
 {
@@ -131,7 +169,7 @@ static int relay_advance(PyObject *iter, PyObject *arg, PyObject *args, PyObject
             /* An iterator without throw(): the error is raised where it is awaited. */
             if (!PyErr_ExceptionMatches(PyExc_AttributeError)) return RELAY_ERROR;
             PyErr_Clear();
-            PyErr_SetObject((PyObject *)Py_TYPE(PyTuple_GET_ITEM(args, 0)), PyTuple_GET_ITEM(args, 0));
+            relay_raise_thrown(args);
             *value = NULL;
             return RELAY_ERROR;
         }
@@ -152,6 +190,7 @@ static int relay_advance(PyObject *iter, PyObject *arg, PyObject *args, PyObject
 
 static void relay_release(MediatorRelay *self)
 {
+    self->start = NULL;
     Py_CLEAR(self->inner);
     Py_CLEAR(self->owner);
     Py_CLEAR(self->subject);
@@ -185,6 +224,26 @@ RELAY_INLINE int relay_finish(MediatorRelay *self, int status, PyObject *value, 
     return *out != NULL ? RELAY_RETURN : RELAY_ERROR;
 }
 
+/* A deferred relay's first step: its start function runs. RELAY_NEXT: the inner awaitable
+   is in place, to be driven; else the relay's ending (as relay_finish). */
+static int relay_begin(MediatorRelay *self, PyObject **out)
+{
+    mediator_start_fn start = self->start;
+    PyObject *argument = self->inner, *made;
+    int finished = 0;
+    self->start = NULL;
+    self->inner = NULL;
+    self->running = 1;
+    made = start(self->owner, self->subject, argument, &finished);
+    self->running = 0;
+    Py_XDECREF(argument);
+    if (made == NULL) return relay_finish(self, RELAY_ERROR, NULL, out);
+    if (finished) return relay_finish(self, RELAY_RETURN, made, out);
+    self->inner = made;
+    self->started = PyCoro_CheckExact(made) || Py_TYPE(made) == &MediatorRelay_Type;
+    return RELAY_NEXT;
+}
+
 /* Advance the relay: RELAY_NEXT (*out = what the inner awaitable yielded), RELAY_RETURN
    (*out = the relay's value) or RELAY_ERROR (an exception is set). */
 static int relay_step(MediatorRelay *self, PyObject *arg, PyObject *throw_args, PyObject **out)
@@ -195,6 +254,19 @@ static int relay_step(MediatorRelay *self, PyObject *arg, PyObject *throw_args, 
     if (self->running) {
         PyErr_SetString(PyExc_ValueError, "relay already executing");
         return RELAY_ERROR;
+    }
+    if (self->start != NULL) {
+        if (throw_args != NULL) {  /* thrown in before it began: it never runs, as a coroutine */
+            relay_release(self);
+            relay_raise_thrown(throw_args);
+            return RELAY_ERROR;
+        }
+        if (arg != Py_None) {
+            PyErr_SetString(PyExc_TypeError, "can't send non-None value to a just-started coroutine");
+            return RELAY_ERROR;
+        }
+        status = relay_begin(self, out);
+        if (status != RELAY_NEXT) return status;
     }
     if (self->inner == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited relay");
@@ -272,7 +344,10 @@ static PyObject *relay_close(MediatorRelay *self, PyObject *unused)
         PyErr_SetString(PyExc_ValueError, "relay already executing");
         return NULL;
     }
-    if (inner == NULL) Py_RETURN_NONE;
+    if (inner == NULL || self->start != NULL) {  /* done, or a deferred relay never begun */
+        relay_release(self);
+        Py_RETURN_NONE;
+    }
     Py_INCREF(inner);
     relay_release(self);
     result = PyObject_CallMethod(inner, "close", NULL);
@@ -331,9 +406,29 @@ static int relay_clear(MediatorRelay *self)
     return 0;
 }
 
+/* A deferred relay dropped before it began: its body never ran, as for a coroutine. */
+static void relay_warn_unawaited(MediatorRelay *self)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    PyObject *pending = PyErr_GetRaisedException();
+#else
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+#endif
+    if (PyErr_WarnFormat(PyExc_RuntimeWarning, 1, "coroutine '%s' was never awaited", self->what) < 0) {
+        PyErr_WriteUnraisable(NULL);
+    }
+#if PY_VERSION_HEX >= 0x030C0000
+    PyErr_SetRaisedException(pending);
+#else
+    PyErr_Restore(type, value, traceback);
+#endif
+}
+
 static void relay_dealloc(MediatorRelay *self)
 {
     PyObject_GC_UnTrack(self);
+    if (self->start != NULL) relay_warn_unawaited(self);
     relay_release(self);
     if (relay_freelist_count < RELAY_FREELIST_SIZE) {
         relay_freelist[relay_freelist_count++] = self;

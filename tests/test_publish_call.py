@@ -1,0 +1,213 @@
+"""How ``publish`` and ``execute`` are called, and what ``publish`` hands back.
+
+``publish`` behaves as the ``async def`` it was in python-mediator 0.7, on both engines:
+nothing runs until it is awaited, a publish never awaited is reported, and the awaitable
+suits ``create_task``, cancellation and ``close``. Both methods take their object by
+position or as ``obj=``, as a ``def method(self, obj, **kwargs)`` does.
+"""
+
+import asyncio
+import gc
+import warnings
+from dataclasses import dataclass
+
+import pytest
+
+from mediator.event import LocalEventBus
+from mediator.event.strategies import PublishStrategy
+from mediator.request import LocalRequestBus
+
+
+@dataclass
+class Shipped:
+    order: int
+
+
+@dataclass
+class Ship:
+    order: int
+
+
+class Forward(PublishStrategy):
+    """A custom strategy that starts every run and returns a value of its own."""
+
+    async def __call__(self, event, runs):
+        for run in runs:
+            await run.start()
+        return "the strategy's own value"
+
+
+STRATEGIES = ["background", "concurrent", "sequential", "custom"]
+
+
+def event_bus(strategy, ran):
+    bus = LocalEventBus(strategy=Forward() if strategy == "custom" else strategy)
+
+    @bus.register
+    async def record(event: Shipped, **inject) -> None:
+        ran.append((event, inject))
+
+    return bus
+
+
+async def settle(bus):
+    await bus.drain()
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_publish_runs_nothing_until_it_is_awaited(strategy):
+    ran = []
+    bus = event_bus(strategy, ran)
+
+    async def main():
+        publishing = bus.publish(Shipped(1), note="n")
+        await asyncio.sleep(0)
+        assert ran == []
+        assert await publishing is None  # a custom strategy's own value is not returned
+        await settle(bus)
+
+    asyncio.run(main())
+    assert ran == [(Shipped(1), {"note": "n"})]
+
+
+def test_a_publish_never_awaited_warns_and_runs_nothing():
+    ran = []
+    bus = event_bus("concurrent", ran)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bus.publish(Shipped(1))
+        gc.collect()
+    assert ran == []
+    messages = [str(warning.message) for warning in caught if warning.category is RuntimeWarning]
+    assert messages == ["coroutine 'EventDispatcher.publish' was never awaited"]
+
+
+def test_closing_an_unawaited_publish_runs_nothing_and_is_not_reported():
+    ran = []
+    bus = event_bus("concurrent", ran)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        publishing = bus.publish(Shipped(1))
+        publishing.close()
+        publishing.close()  # harmless, as for a coroutine
+        del publishing
+        gc.collect()
+    assert ran == []
+    assert not [warning for warning in caught if "never awaited" in str(warning.message)]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_publish_cancelled_before_it_starts_runs_nothing(strategy):
+    ran = []
+    bus = event_bus(strategy, ran)
+
+    async def main():
+        task = asyncio.create_task(bus.publish(Shipped(1)))
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await settle(bus)
+
+    asyncio.run(main())
+    assert ran == []
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_publish_runs_as_a_task_and_in_gather(strategy):
+    ran = []
+    bus = event_bus(strategy, ran)
+
+    async def main():
+        assert await asyncio.create_task(bus.publish(Shipped(1))) is None
+        assert await asyncio.gather(bus.publish(Shipped(2)), bus.publish(Shipped(3))) == [None, None]
+        await settle(bus)
+
+    asyncio.run(main())
+    assert sorted(event.order for event, _ in ran) == [1, 2, 3]
+
+
+def test_awaiting_one_publish_twice_is_refused():
+    ran = []
+    bus = event_bus("concurrent", ran)
+
+    async def main():
+        publishing = bus.publish(Shipped(1))
+        await publishing
+        with pytest.raises(RuntimeError):
+            await publishing
+
+    asyncio.run(main())
+    assert len(ran) == 1
+
+
+def test_a_value_sent_into_a_publish_that_has_not_started_is_refused():
+    ran = []
+    bus = event_bus("concurrent", ran)
+    publishing = bus.publish(Shipped(1))
+    with pytest.raises(TypeError, match="just-started coroutine"):
+        publishing.send("a value")
+    publishing.close()
+    assert ran == []
+
+
+def test_an_error_thrown_into_a_publish_that_has_not_started_is_raised_and_runs_nothing():
+    ran = []
+    bus = event_bus("concurrent", ran)
+    publishing = bus.publish(Shipped(1))
+    with pytest.raises(KeyError):
+        publishing.throw(KeyError("thrown"))
+    with pytest.raises(RuntimeError):
+        publishing.send(None)  # it is over, as a coroutine would be
+    assert ran == []
+
+
+# -- the object by position or by name ------------------------------------------------
+
+
+def request_bus():
+    bus = LocalRequestBus()
+
+    @bus.register
+    async def ship(command: Ship, **inject) -> tuple:
+        return command.order, inject
+
+    return bus
+
+
+def test_execute_takes_its_request_by_name():
+    bus = request_bus()
+
+    async def main():
+        assert await bus.execute(obj=Ship(1)) == (1, {})
+        assert await bus.execute(obj=Ship(2), note="n") == (2, {"note": "n"})
+        assert await bus.execute(note="n", obj=Ship(3)) == (3, {"note": "n"})
+
+    asyncio.run(main())
+
+
+def test_publish_takes_its_event_by_name():
+    ran = []
+    bus = event_bus("concurrent", ran)
+
+    async def main():
+        await bus.publish(obj=Shipped(1))
+        await bus.publish(note="n", obj=Shipped(2))
+
+    asyncio.run(main())
+    assert ran == [(Shipped(1), {}), (Shipped(2), {"note": "n"})]
+
+
+@pytest.mark.parametrize("method", ["execute", "publish"])
+@pytest.mark.parametrize(
+    "args, kwargs, message",
+    [
+        ((), {}, "missing 1 required"),
+        ((), {"note": "n"}, "missing 1 required"),
+        ((Ship(1), Ship(2)), {}, "positional argument"),
+        ((Ship(1),), {"obj": Ship(2)}, "multiple values for argument 'obj'"),
+    ],
+)
+def test_a_call_that_binds_badly_is_a_type_error_at_once(method, args, kwargs, message):
+    bus = request_bus() if method == "execute" else event_bus("concurrent", [])
+    with pytest.raises(TypeError, match=message):
+        getattr(bus, method)(*args, **kwargs)
