@@ -911,13 +911,18 @@ cdef class EventDispatcher:
 
     cdef object _start_run(self, _BaseRoute route, object obj, dict inject):
         cdef PyObject *step_result = NULL
+        cdef PyObject *argument = <PyObject *>obj
+        cdef PyObject *started
         cdef int status
         # Each handler runs in its own copy of the publisher's context, as a task would.
         context = PyContext_CopyCurrent()
         PyContext_Enter(context)
         try:
             if route._direct is not None and (not inject or route._ignores_inject):
-                coroutine = route._direct(obj)
+                started = mediator_vectorcall(route._direct, &argument, 1, NULL)
+                if started == NULL:
+                    raise_pending()
+                coroutine = mediator_own(started)
             else:  # its modifiers may change inject: the next handler gets it unchanged
                 coroutine = route._invoke(obj, {} if inject is None else dict(inject))
             status = mediator_step(coroutine, &step_result)

@@ -211,3 +211,34 @@ def test_a_call_that_binds_badly_is_a_type_error_at_once(method, args, kwargs, m
     bus = request_bus() if method == "execute" else event_bus("concurrent", [])
     with pytest.raises(TypeError, match=message):
         getattr(bus, method)(*args, **kwargs)
+
+
+@pytest.mark.parametrize("strategy", ["background", "concurrent", "sequential"])
+def test_a_handler_that_fails_as_it_is_called_is_reported_and_the_next_one_runs(strategy):
+    """A handler called without the argument it needs fails before it has a coroutine."""
+    from mediator.errors import EventHandlerErrors
+
+    reported, ran = [], []
+    bus = LocalEventBus(strategy=strategy, on_error=lambda error, event, handler: reported.append(error))
+
+    @bus.register
+    async def needs_more(event: Shipped, needed) -> None:
+        ran.append("never")
+
+    @bus.register
+    async def after(event: Shipped) -> None:
+        ran.append("after")
+
+    async def main():
+        if strategy == "background":
+            await bus.publish(Shipped(1))
+            await bus.drain()
+        else:
+            with pytest.raises(EventHandlerErrors) as raised:
+                await bus.publish(Shipped(1))
+            reported.extend(raised.value.exceptions)
+
+    asyncio.run(main())
+    assert ran == ["after"]
+    assert [type(error) for error in reported] == [TypeError]
+    assert "needed" in str(reported[0])
