@@ -44,6 +44,8 @@ enum { RELAY_ERROR = -1, RELAY_RETURN = 0, RELAY_NEXT = 1 };
 #endif
 
 static PyTypeObject MediatorRelay_Type;
+/* A deferred relay: a relay of its own type, only for its dealloc (see deferred_dealloc). */
+static PyTypeObject MediatorDeferred_Type;
 
 /* Relays live for one dispatch: a few are kept for reuse instead of going back to malloc. */
 #define RELAY_FREELIST_SIZE 16
@@ -60,6 +62,7 @@ static PyObject *mediator_relay(PyObject *inner, PyObject *owner, PyObject *subj
     } else {
         self = PyObject_GC_New(MediatorRelay, &MediatorRelay_Type);
         if (self == NULL) return NULL;
+        self->start = NULL;  /* a relay on the freelist has none: a deferred one clears it as it begins or goes */
     }
     Py_INCREF(inner);
     self->inner = inner;
@@ -69,7 +72,6 @@ static PyObject *mediator_relay(PyObject *inner, PyObject *owner, PyObject *subj
     self->subject = subject;
     self->on_return = on_return;
     self->on_error = on_error;
-    self->start = NULL;
     /* A coroutine (or relay) is its own iterator: nothing to look up at the first step. */
     self->started = PyCoro_CheckExact(inner) || Py_TYPE(inner) == &MediatorRelay_Type;
     self->running = 0;
@@ -84,6 +86,7 @@ static PyObject *mediator_deferred(mediator_start_fn start, PyObject *owner, PyO
 {
     MediatorRelay *self = (MediatorRelay *)mediator_relay(argument, owner, subject, on_return, NULL);
     if (self == NULL) return NULL;
+    Py_SET_TYPE(self, &MediatorDeferred_Type);
     self->start = start;
     self->what = what;
     self->started = 0;
@@ -190,7 +193,6 @@ static int relay_advance(PyObject *iter, PyObject *arg, PyObject *args, PyObject
 
 static void relay_release(MediatorRelay *self)
 {
-    self->start = NULL;
     Py_CLEAR(self->inner);
     Py_CLEAR(self->owner);
     Py_CLEAR(self->subject);
@@ -257,6 +259,7 @@ static int relay_step(MediatorRelay *self, PyObject *arg, PyObject *throw_args, 
     }
     if (self->start != NULL) {
         if (throw_args != NULL) {  /* thrown in before it began: it never runs, as a coroutine */
+            self->start = NULL;
             relay_release(self);
             relay_raise_thrown(throw_args);
             return RELAY_ERROR;
@@ -345,6 +348,7 @@ static PyObject *relay_close(MediatorRelay *self, PyObject *unused)
         return NULL;
     }
     if (inner == NULL || self->start != NULL) {  /* done, or a deferred relay never begun */
+        self->start = NULL;
         relay_release(self);
         Py_RETURN_NONE;
     }
@@ -428,13 +432,26 @@ static void relay_warn_unawaited(MediatorRelay *self)
 static void relay_dealloc(MediatorRelay *self)
 {
     PyObject_GC_UnTrack(self);
-    if (self->start != NULL) relay_warn_unawaited(self);
     relay_release(self);
     if (relay_freelist_count < RELAY_FREELIST_SIZE) {
         relay_freelist[relay_freelist_count++] = self;
     } else {
         PyObject_GC_Del(self);
     }
+}
+
+/* A deferred relay dropped before it began warns as a coroutine would; then it goes the
+   way of any relay, back to being one (the freelist holds plain relays). Its own type keeps
+   this check off the dealloc of the relays every dispatch makes. */
+static void deferred_dealloc(MediatorRelay *self)
+{
+    PyObject_GC_UnTrack(self);
+    if (self->start != NULL) {
+        self->start = NULL;
+        relay_warn_unawaited(self);
+    }
+    Py_SET_TYPE(self, &MediatorRelay_Type);
+    relay_dealloc(self);
 }
 
 static PyMethodDef relay_methods[] = {
@@ -460,6 +477,13 @@ static PyTypeObject MediatorRelay_Type = {
     0,
 };
 
+static PyTypeObject MediatorDeferred_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    "mediator._core.DeferredRelay",
+    sizeof(MediatorRelay),
+    0,
+};
+
 static int mediator_relay_ready(void)
 {
     MediatorRelay_Type.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC;
@@ -471,5 +495,15 @@ static int mediator_relay_ready(void)
     MediatorRelay_Type.tp_iternext = (iternextfunc)relay_iternext;
     MediatorRelay_Type.tp_methods = relay_methods;
     MediatorRelay_Type.tp_as_async = &relay_as_async;
-    return PyType_Ready(&MediatorRelay_Type);
+    if (PyType_Ready(&MediatorRelay_Type) < 0) return -1;
+    MediatorDeferred_Type.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC;
+    MediatorDeferred_Type.tp_doc = "A relay whose awaitable is made when it is first awaited.";
+    MediatorDeferred_Type.tp_dealloc = (destructor)deferred_dealloc;
+    MediatorDeferred_Type.tp_traverse = (traverseproc)relay_traverse;
+    MediatorDeferred_Type.tp_clear = (inquiry)relay_clear;
+    MediatorDeferred_Type.tp_iter = PyObject_SelfIter;
+    MediatorDeferred_Type.tp_iternext = (iternextfunc)relay_iternext;
+    MediatorDeferred_Type.tp_methods = relay_methods;
+    MediatorDeferred_Type.tp_as_async = &relay_as_async;
+    return PyType_Ready(&MediatorDeferred_Type);
 }
