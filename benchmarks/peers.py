@@ -555,6 +555,8 @@ def main() -> None:
         return
 
     started = time.perf_counter()
+    # Workers run in the venv folder: a relative --python (.venv/bin/python) must not be.
+    args.python = os.path.abspath(shutil.which(args.python) or args.python)
     venv_dir = Path(args.venv_dir)
     venv_dir.mkdir(parents=True, exist_ok=True)
     base = base_interpreter(args.python)

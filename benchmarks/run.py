@@ -5,14 +5,17 @@
 Engines: compiled and pure on CPython (``--python``), pure on PyPy (``--pypy``). Each
 cell is a ratio to the scenario's baseline measured in the same process, next to its
 target; ``--json FILE`` also saves the raw results. ``--repeat K`` runs each engine K
-times and keeps each cell's best (lowest) figure: on a shared machine a slow run is
-noise from outside, never a faster engine.
+times: a ratio cell is the median of the runs' ratios (each already the best rounds of
+the two loops side by side; the best of the K would favour whichever run the noise
+flattered), a time or rate is the best of the K (a slow run is noise from outside, never
+a faster engine), and memory growth the worst.
 """
 
 import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -44,17 +47,22 @@ def run_engine(python: str, pure: bool, args: argparse.Namespace) -> Dict[str, A
     return json.loads(output)
 
 
-def best_of(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
-    """Each cell's best figure over several runs of one engine."""
-    best = runs[0]
-    for run in runs[1:]:
-        for name, figures in run.items():
-            if not isinstance(figures, dict):
-                continue
-            for key, value in figures.items():
-                better = max if key == "events_per_s" else min
-                best[name][key] = better(best[name][key], value)
-    return best
+def combine(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Several runs of one engine as one: each ratio the median of the runs' (all of them
+    kept under ``ratios``), each time or rate the best, memory growth the worst."""
+    combined = json.loads(json.dumps(runs[0]))
+    for name, figures in combined.items():
+        if not isinstance(figures, dict):
+            continue
+        for key in list(figures):
+            values = [run[name][key] for run in runs]
+            if key == "ratio":
+                figures[key] = statistics.median(values)
+                figures["ratios"] = values
+            else:
+                # the best rate and time; the worst memory growth (flat must hold in every run)
+                figures[key] = max(values) if key in ("events_per_s", "rss_growth_mb") else min(values)
+    return combined
 
 
 def cell(value: float, target: Optional[float]) -> str:
@@ -99,7 +107,7 @@ def main() -> None:
     parser.add_argument("--pypy", default=None, help="PyPy interpreter (skipped if not given)")
     parser.add_argument("--iterations", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--repeat", type=int, default=1, help="runs per engine; each cell keeps its best")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per engine: ratios their median, times their best")
     parser.add_argument("--json", default=None, help="also write the raw results here")
     args = parser.parse_args()
 
@@ -108,7 +116,7 @@ def main() -> None:
         engines.append(("pypy", args.pypy, True))
     results = {}
     for name, python, pure in engines:
-        results[name] = best_of([run_engine(python, pure, args) for _ in range(args.repeat)])
+        results[name] = combine([run_engine(python, pure, args) for _ in range(args.repeat)])
     if results["compiled"]["engine"] != "compiled":
         sys.exit(f"{args.python} did not load the compiled engine: build it first (pip install -e .)")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}")
