@@ -942,11 +942,8 @@ cdef class EventDispatcher:
         for route in group:
             try:
                 task = self._start_run(<_BaseRoute>route, obj, inject)
-            except Exception as error:
-                errors = _failed(errors, error, obj, route)
-                continue
-            except asyncio.CancelledError as error:  # its own: nothing can cancel a sync step
-                self._handler_failed(error, obj, route)
+            except (Exception, asyncio.CancelledError) as error:  # a cancellation its own: nothing can cancel a sync step
+                errors = _failed(self, errors, error, obj, route)
                 continue
             if task is not None:
                 errors = await _collect(self, [(task, route)], obj, errors)
@@ -1102,11 +1099,8 @@ cdef object _publish_start(object owner, object obj, object argument, int *finis
     for route in group:
         try:
             task = self._start_run(<_BaseRoute>route, obj, inject)
-        except Exception as error:
-            errors = _failed(errors, error, obj, route)
-            continue
-        except asyncio.CancelledError as error:  # its own: nothing can cancel a sync step
-            self._handler_failed(error, obj, route)
+        except (Exception, asyncio.CancelledError) as error:  # a cancellation its own: nothing can cancel a sync step
+            errors = _failed(self, errors, error, obj, route)
             continue
         if task is not None:
             if pending is None:
@@ -1189,15 +1183,17 @@ async def _collect(EventDispatcher dispatcher, list pending, obj, list errors):
         raise
     for task, route in pending:
         error = _outcome(task, dispatcher._bus_cancelled)
-        if isinstance(error, Exception):
-            errors = _failed(errors, error, obj, route)
-        elif error is not None:  # it cancelled itself: no group holds that
-            dispatcher._handler_failed(error, obj, route)
+        if error is not None:
+            errors = _failed(dispatcher, errors, error, obj, route)
     return errors
 
 
-cdef list _failed(list errors, error, obj, route):
-    """Record a handler's failure, with a note naming the handler and the event."""
+cdef list _failed(EventDispatcher dispatcher, list errors, error, obj, route):
+    """Record a handler's failure: an ``Exception`` joins the event's group, with a note naming
+    the handler and the event; a cancellation of its own, which no group holds, is reported."""
+    if not isinstance(error, Exception):
+        dispatcher._handler_failed(error, obj, route)
+        return errors
     add_note(error, f"raised by event handler {route.handler!r} for {obj!r}")
     if errors is None:
         errors = []

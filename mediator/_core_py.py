@@ -656,11 +656,8 @@ class EventDispatcher:
                         yielded = context.run(coroutine.send, None)
                 except StopIteration:
                     continue
-                except Exception as error:
-                    errors = _failed(errors, error, obj, route)
-                    continue
-                except asyncio.CancelledError as error:  # its own: nothing can cancel a sync step
-                    self._handler_failed(error, obj, route)
+                except (Exception, asyncio.CancelledError) as error:  # a cancellation its own: nothing can cancel a sync step
+                    errors = _failed(self, errors, error, obj, route)
                     continue
                 # It suspended: a task carries it on from where it stopped.
                 if pending is None:
@@ -695,11 +692,8 @@ class EventDispatcher:
         for route in group:
             try:
                 task = self._start(route, obj, inject)
-            except Exception as error:
-                errors = _failed(errors, error, obj, route)
-                continue
-            except asyncio.CancelledError as error:  # its own: nothing can cancel a sync step
-                self._handler_failed(error, obj, route)
+            except (Exception, asyncio.CancelledError) as error:  # a cancellation its own: nothing can cancel a sync step
+                errors = _failed(self, errors, error, obj, route)
                 continue
             if task is not None:
                 errors = await _collect(self, [(task, route)], obj, errors)
@@ -851,15 +845,19 @@ async def _collect(dispatcher: EventDispatcher, pending: list, obj: Any, errors:
         raise
     for task, route in pending:
         error = _outcome(task, dispatcher._bus_cancelled)
-        if isinstance(error, Exception):
-            errors = _failed(errors, error, obj, route)
-        elif error is not None:  # it cancelled itself: no group holds that
-            dispatcher._handler_failed(error, obj, route)
+        if error is not None:
+            errors = _failed(dispatcher, errors, error, obj, route)
     return errors
 
 
-def _failed(errors: Optional[list], error: Exception, obj: Any, route: Any) -> list:
-    """Record a handler's failure, with a note naming the handler and the event."""
+def _failed(
+    dispatcher: EventDispatcher, errors: Optional[list], error: BaseException, obj: Any, route: Any
+) -> Optional[list]:
+    """Record a handler's failure: an ``Exception`` joins the event's group, with a note naming
+    the handler and the event; a cancellation of its own, which no group holds, is reported."""
+    if not isinstance(error, Exception):
+        dispatcher._handler_failed(error, obj, route)
+        return errors
     add_note(error, f"raised by event handler {route.handler!r} for {obj!r}")
     if errors is None:
         errors = []

@@ -484,26 +484,25 @@ static PyTypeObject MediatorDeferred_Type = {
     0,
 };
 
+/* Both relay types share every slot but their dealloc. */
+static int relay_type_ready(PyTypeObject *type, destructor dealloc, const char *doc)
+{
+    type->tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC;
+    type->tp_doc = doc;
+    type->tp_dealloc = dealloc;
+    type->tp_traverse = (traverseproc)relay_traverse;
+    type->tp_clear = (inquiry)relay_clear;
+    type->tp_iter = PyObject_SelfIter;
+    type->tp_iternext = (iternextfunc)relay_iternext;
+    type->tp_methods = relay_methods;
+    type->tp_as_async = &relay_as_async;
+    return PyType_Ready(type);
+}
+
 static int mediator_relay_ready(void)
 {
-    MediatorRelay_Type.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC;
-    MediatorRelay_Type.tp_doc = "An awaitable relaying another one's outcome through the engine.";
-    MediatorRelay_Type.tp_dealloc = (destructor)relay_dealloc;
-    MediatorRelay_Type.tp_traverse = (traverseproc)relay_traverse;
-    MediatorRelay_Type.tp_clear = (inquiry)relay_clear;
-    MediatorRelay_Type.tp_iter = PyObject_SelfIter;
-    MediatorRelay_Type.tp_iternext = (iternextfunc)relay_iternext;
-    MediatorRelay_Type.tp_methods = relay_methods;
-    MediatorRelay_Type.tp_as_async = &relay_as_async;
-    if (PyType_Ready(&MediatorRelay_Type) < 0) return -1;
-    MediatorDeferred_Type.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC;
-    MediatorDeferred_Type.tp_doc = "A relay whose awaitable is made when it is first awaited.";
-    MediatorDeferred_Type.tp_dealloc = (destructor)deferred_dealloc;
-    MediatorDeferred_Type.tp_traverse = (traverseproc)relay_traverse;
-    MediatorDeferred_Type.tp_clear = (inquiry)relay_clear;
-    MediatorDeferred_Type.tp_iter = PyObject_SelfIter;
-    MediatorDeferred_Type.tp_iternext = (iternextfunc)relay_iternext;
-    MediatorDeferred_Type.tp_methods = relay_methods;
-    MediatorDeferred_Type.tp_as_async = &relay_as_async;
-    return PyType_Ready(&MediatorDeferred_Type);
+    if (relay_type_ready(&MediatorRelay_Type, (destructor)relay_dealloc,
+                         "An awaitable relaying another one's outcome through the engine.") < 0) return -1;
+    return relay_type_ready(&MediatorDeferred_Type, (destructor)deferred_dealloc,
+                            "A relay whose awaitable is made when it is first awaited.");
 }
