@@ -19,7 +19,7 @@ $(VENV)/.installed: $(SOURCES)
 	rm -f mediator/_core.*.so mediator/_core.*.pyd mediator/_core.c  # never test a stale build
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	MEDIATOR_REQUIRE_EXTENSIONS=1 $(VENV)/bin/pip install -q -e '.[test]' mypy build wheel cibuildwheel Cython
+	MEDIATOR_REQUIRE_EXTENSIONS=1 $(VENV)/bin/pip install -q -e '.[test]' mypy build wheel cibuildwheel Cython 'setuptools>=77'
 	touch $@
 
 $(PYPY_VENV)/.installed: $(SOURCES)

@@ -55,6 +55,10 @@ def check_pure_wheel(out: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     check("mediator/_core_py.py" in names and not any(n.endswith((".so", ".pyd")) for n in names),
           "pure wheel holds the pure engine and no binary")
+    (metadata,) = (n for n in names if n.endswith(".dist-info/METADATA"))
+    headers = zipfile.ZipFile(wheel).read(metadata).decode().split("\n\n", 1)[0].splitlines()
+    check("License-Expression: MIT" in headers, "wheel metadata has the SPDX license expression MIT")
+    check(any(n.endswith(".dist-info/licenses/LICENSE") for n in names), "wheel carries the LICENSE file")
 
 
 def check_wheel_matrix() -> None:
