@@ -31,6 +31,7 @@ TARGETS: Dict[str, Tuple[str, Tuple[Optional[float], ...]]] = {
     "request_3mod_floor": ("the 3 layers nested by hand", (None, None, None)),
     "request_3hooks": ("await handler(cmd)", (1.5, 5.0, 2.0)),
     "request_3hooks_floor": ("await handler(cmd)", (None, None, None)),
+    "request_3hooks_callbacks": ("await handler(cmd)", (None, None, None)),
     "request_3hooks_before": ("await handler(cmd)", (None, None, None)),
     "publish_1": ("await handler(evt)", (None, None, None)),
     "publish_10": ("10 sequential awaits", (2.5, 4.0, 3.0)),
