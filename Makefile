@@ -6,7 +6,7 @@ PYPY ?= pypy3
 PYRIGHT ?= npx --yes pyright@1.1.414
 VENV := .venv
 PYPY_VENV := .venv-pypy
-SOURCES := pyproject.toml setup.py mediator/_core.pyx mediator/_relay.h mediator/_call.h
+SOURCES := pyproject.toml setup.py mediator/_core.pyx mediator/_relay.h mediator/_call.h mediator/_method.h
 
 .PHONY: demo test test-compiled test-pure test-pypy test-typing test-versions check-packaging bench bench-peers clean
 

@@ -61,7 +61,7 @@ def extensions() -> list:
             raise
         banner("Cython is not available: installing the pure-Python engine")
         return []
-    return [Extension("mediator._core", ["mediator/_core.pyx"], depends=["mediator/_relay.h", "mediator/_call.h"])]
+    return [Extension("mediator._core", ["mediator/_core.pyx"], depends=["mediator/_relay.h", "mediator/_call.h", "mediator/_method.h"])]
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})

@@ -2,6 +2,7 @@
 
 import asyncio
 import contextvars
+import inspect
 import sys
 import types
 from typing import Any, Generator
@@ -11,7 +12,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.9/3.10 and PyPy 3.9
     from exceptiongroup import ExceptionGroup  # noqa: F401
 
-__all__ = ["ExceptionGroup", "add_note", "resume_in_task"]
+__all__ = ["ExceptionGroup", "add_note", "mark_coroutine_function", "resume_in_task"]
 
 
 def add_note(error: BaseException, note: str) -> None:
@@ -23,6 +24,22 @@ def add_note(error: BaseException, note: str) -> None:
         except AttributeError:  # an exception type without a __dict__
             return
     notes.append(note)
+
+
+def mark_coroutine_function(fn: Any) -> Any:
+    """Mark ``fn``, a plain function that returns awaitables, as a coroutine function.
+
+    ``asyncio.iscoroutinefunction`` honours the mark on every version, ``inspect``'s from
+    3.12 on (below 3.12 it reads only the code's flags). Code that decides by them whether
+    to await a callable or run it in a thread must await it: run in a thread, the
+    awaitable it returns would be dropped unawaited.
+    """
+    marker = getattr(asyncio.coroutines, "_is_coroutine", None)
+    if marker is not None:
+        fn._is_coroutine = marker
+    if hasattr(inspect, "markcoroutinefunction"):
+        inspect.markcoroutinefunction(fn)
+    return fn
 
 
 @types.coroutine

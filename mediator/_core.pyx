@@ -14,6 +14,7 @@ from cpython.unicode cimport PyUnicode_GET_LENGTH
 import asyncio
 import logging
 
+from mediator import _signatures
 from mediator._compat import add_note, resume_in_task
 from mediator.errors import handler_errors
 
@@ -73,27 +74,6 @@ cdef extern from *:
     object raise_pending()
 
 cdef extern from *:
-    """
-    /* Installs func, a METH_FASTCALL|METH_KEYWORDS C function, as a method of type:
-       it receives the caller's argument array and keyword names as they are. */
-    static int mediator_install_fastcall(PyObject *type, const char *name, void *func, const char *doc) {
-        PyMethodDef *def = (PyMethodDef *)PyMem_Calloc(1, sizeof(PyMethodDef));
-        PyObject *descr;
-        int status;
-        if (def == NULL) { PyErr_NoMemory(); return -1; }
-        def->ml_name = name;
-        def->ml_meth = (PyCFunction)(void (*)(void))func;
-        def->ml_flags = METH_FASTCALL | METH_KEYWORDS;
-        def->ml_doc = doc;
-        descr = PyDescr_NewMethod((PyTypeObject *)type, def);
-        if (descr == NULL) return -1;
-        status = PyDict_SetItemString(((PyTypeObject *)type)->tp_dict, name, descr);
-        Py_DECREF(descr);
-        PyType_Modified((PyTypeObject *)type);
-        return status;
-    }
-    """
-    int mediator_install_fastcall(object type, const char *name, void *func, const char *doc) except -1
     object PyObject_Vectorcall(object callable, PyObject **args, size_t nargsf, PyObject *kwnames)
     # The same call through the callable's own vectorcall slot, its result unchecked:
     # NULL (with the error set) is the caller's to handle.
@@ -114,6 +94,10 @@ cdef extern from "_relay.h":
     int mediator_relay_ready() except -1
     bint mediator_is_awaitable(object o)
 
+cdef extern from "_method.h":
+    int mediator_install_method(object owner, void *fn, object signature) except -1
+    int mediator_method_ready() except -1
+
 cdef extern from "_call.h":
     ctypedef object (*mediator_call_fn)(object owner, object arg)
     object mediator_call_new(object owner, mediator_call_fn fn, const char *name)
@@ -121,6 +105,7 @@ cdef extern from "_call.h":
 
 mediator_relay_ready()
 mediator_call_ready()
+mediator_method_ready()
 
 logger = logging.getLogger("mediator")
 
@@ -825,12 +810,7 @@ cdef object _raise_pending():
         return _raise(error)
 
 
-mediator_install_fastcall(
-    RequestDispatcher,
-    b"execute",
-    <void *>_execute,
-    b"execute(obj, **inject)\n--\n\nDispatch ``obj`` to its handler; returns an awaitable of the result.",
-)
+mediator_install_method(RequestDispatcher, <void *>_execute, _signatures.RequestDispatcher.execute)
 
 
 # Publish strategies the engine runs itself (see mediator.event.strategies).
@@ -1126,12 +1106,7 @@ cdef object _published(object owner, object subject, object value):
     return None
 
 
-mediator_install_fastcall(
-    EventDispatcher,
-    b"publish",
-    <void *>_publish,
-    b"publish(obj, **inject)\n--\n\nRun every handler of ``type(obj)`` with the bus's strategy (or ``strategy=``).",
-)
+mediator_install_method(EventDispatcher, <void *>_publish, _signatures.EventDispatcher.publish)
 
 
 def _identity(handler):

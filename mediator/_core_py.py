@@ -11,7 +11,7 @@ from contextvars import copy_context
 from types import CoroutineType, FunctionType, MethodType
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
-from mediator._compat import add_note, resume_in_task
+from mediator._compat import add_note, mark_coroutine_function, resume_in_task
 from mediator.errors import handler_errors
 
 __all__ = [
@@ -476,6 +476,7 @@ class RequestDispatcher:
         self._polymorphic = bool(polymorphic)
         self._registered: Dict[Any, Any] = {} if polymorphic else self._routes
 
+    @mark_coroutine_function  # as 0.7's async def execute was (the compiled one: _method.h)
     def execute(self, obj: Any, **inject: Any) -> Any:
         """Dispatch ``obj`` to its handler; returns an awaitable of the result."""
         try:

@@ -1,6 +1,6 @@
 """Packaging checks that need no Docker: the sdist, the pure wheel, the wheel matrix.
 
-- the sdist carries ``_core.pyx``, ``_relay.h`` and ``_call.h`` (and the stub, ``py.typed``), never generated C;
+- the sdist carries ``_core.pyx`` and the headers it includes (and the stub, ``py.typed``), never generated C;
 - ``MEDIATOR_NO_EXTENSIONS=1`` builds a pure ``py3-none-any`` wheel (the PyPy wheel);
 - ``cibuildwheel --print-build-identifiers`` lists CPython 3.9-3.13 for Linux
   (manylinux and musllinux), macOS and Windows.
@@ -40,6 +40,7 @@ def check_sdist(out: Path) -> None:
     check(any(n.endswith("mediator/_core.pyx") for n in names), "sdist carries mediator/_core.pyx")
     check(any(n.endswith("mediator/_relay.h") for n in names), "sdist carries mediator/_relay.h (the C relay the engine includes)")
     check(any(n.endswith("mediator/_call.h") for n in names), "sdist carries mediator/_call.h (the C callable the engine includes)")
+    check(any(n.endswith("mediator/_method.h") for n in names), "sdist carries mediator/_method.h (the C method the engine includes)")
     check(any(n.endswith("mediator/_core.pyi") for n in names), "sdist carries the _core.pyi stub")
     check(any(n.endswith("mediator/py.typed") for n in names), "sdist carries py.typed")
     check(not any(n.endswith((".c", ".so")) for n in names), "sdist carries no generated C or binaries")

@@ -3,16 +3,20 @@
 ``publish`` behaves as the ``async def`` it was in python-mediator 0.7, on both engines:
 nothing runs until it is awaited, a publish never awaited is reported, and the awaitable
 suits ``create_task``, cancellation and ``close``. Both methods take their object by
-position or as ``obj=``, as a ``def method(self, obj, **kwargs)`` does.
+position or as ``obj=``, as a ``def method(self, obj, **kwargs)`` does, and both are
+coroutine functions to the checks that code runs to decide whether to await a callable.
 """
 
 import asyncio
 import gc
+import inspect
+import sys
 import warnings
 from dataclasses import dataclass
 
 import pytest
 
+import mediator
 from mediator.event import LocalEventBus
 from mediator.event.strategies import PublishStrategy
 from mediator.request import LocalRequestBus
@@ -242,3 +246,131 @@ def test_a_handler_that_fails_as_it_is_called_is_reported_and_the_next_one_runs(
     assert ran == ["after"]
     assert [type(error) for error in reported] == [TypeError]
     assert "needed" in str(reported[0])
+
+
+# -- coroutine functions to introspection ------------------------------------------------
+
+def inspect_sees(name):
+    """Where ``inspect.iscoroutinefunction`` can tell: the pure ``publish`` is an ``async def``;
+    the compiled methods are function-like objects, which it reads from 3.10 on; the pure
+    ``execute`` is a ``def`` with a mark, which it reads from 3.12 on."""
+    if mediator.COMPILED:
+        return sys.version_info >= (3, 10)
+    return "publish" in name or sys.version_info >= (3, 12)
+
+
+def bus_methods():
+    requests, events = LocalRequestBus(), LocalEventBus()
+    return {
+        "execute": requests.execute,
+        "publish": events.publish,
+        "LocalRequestBus.execute": LocalRequestBus.execute,
+        "LocalEventBus.publish": LocalEventBus.publish,
+    }
+
+
+@pytest.mark.parametrize("name", list(bus_methods()))
+def test_the_methods_are_coroutine_functions_to_asyncio(name):
+    assert asyncio.iscoroutinefunction(bus_methods()[name])
+
+
+@pytest.mark.parametrize("name", list(bus_methods()))
+def test_the_methods_are_coroutine_functions_to_inspect(name):
+    if not inspect_sees(name):
+        pytest.skip("inspect cannot tell on this engine and Python version (see inspect_sees)")
+    assert inspect.iscoroutinefunction(bus_methods()[name])
+
+
+@pytest.mark.parametrize("name", ["execute", "publish"])
+def test_the_methods_have_the_signature_of_an_async_def(name):
+    parameters = inspect.signature(bus_methods()[name]).parameters
+    assert [(p.name, p.kind) for p in parameters.values()] == [
+        ("obj", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        ("inject", inspect.Parameter.VAR_KEYWORD),
+    ]
+
+
+def test_a_runner_that_awaits_coroutine_functions_and_threads_the_rest_loses_nothing():
+    """What background-task runners (Starlette's, say) do: a callable that is not a coroutine
+    function is called in a thread, where an awaitable it returns is dropped unawaited."""
+    ran = []
+    requests, events = LocalRequestBus(), LocalEventBus(sync_mode=True)
+
+    @requests.register
+    async def ship(command: Ship) -> None:
+        ran.append(command)
+
+    @events.register
+    async def shipped(event: Shipped) -> None:
+        ran.append(event)
+
+    async def run_in_background(fn, *args):
+        if asyncio.iscoroutinefunction(fn) or inspect.iscoroutinefunction(fn):
+            await fn(*args)
+        else:
+            await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+    async def main():
+        await run_in_background(requests.execute, Ship(1))
+        await run_in_background(events.publish, Shipped(1))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # "coroutine ... was never awaited"
+        asyncio.run(main())
+    assert ran == [Ship(1), Shipped(1)]
+
+
+def test_the_methods_called_from_the_class_and_through_super():
+    ran = []
+
+    class AuditedBus(LocalRequestBus):
+        async def execute(self, obj, **inject):
+            ran.append("audited")
+            return await super().execute(obj, **inject)
+
+    bus = AuditedBus()
+
+    @bus.register
+    async def ship(command: Ship) -> int:
+        return command.order
+
+    async def main():
+        return await bus.execute(Ship(7)), await LocalRequestBus.execute(bus, Ship(8))
+
+    assert asyncio.run(main()) == (7, 8)
+    assert ran == ["audited"]
+
+
+def test_buses_of_two_classes_in_turn_each_reach_their_own_handlers():
+    class One(LocalRequestBus):
+        pass
+
+    class Two(LocalRequestBus):
+        pass
+
+    one, two = One(), Two()
+    one.register(returning(1))
+    two.register(returning(2))
+
+    async def main():
+        return [await bus.execute(Ship(0)) for bus in (one, two, one, two)]
+
+    assert asyncio.run(main()) == [1, 2, 1, 2]
+
+
+def returning(value):
+    async def handler(command: Ship) -> int:
+        return value
+
+    return handler
+
+
+@pytest.mark.skipif(not mediator.COMPILED, reason="the pure engine's methods are plain functions")
+@pytest.mark.parametrize("method", ["execute", "publish"])
+def test_a_compiled_method_called_on_something_else_is_a_type_error(method):
+    unbound = getattr(LocalRequestBus if method == "execute" else LocalEventBus, method)
+    with pytest.raises(TypeError, match=f"descriptor '{method}' for .* doesn't apply to a 'int' object"):
+        unbound(1, Ship(1))
+    with pytest.raises(TypeError, match=f"descriptor '{method}' of .* needs an argument"):
+        unbound()
+    LocalRequestBus().execute(Ship(1)).close()  # a bus of a class it has seen still passes
