@@ -490,8 +490,12 @@ class RequestDispatcher:
             if fn is not None:
                 if not inject or route._ignores_inject:
                     return fn(obj)
-                if len(inject) == 1 and route._kw_next in inject:  # by position: same binding
-                    return fn(obj, inject[route._kw_next])
+                if len(inject) == 1:  # by position when it is _kw_next: the same binding
+                    # A name read off the dict itself: PyPy's JIT finds it in a kwargs dict
+                    # at once, where looking up another string costs it a whole dispatch.
+                    for name in inject:
+                        if name == route._kw_next:
+                            return fn(obj, inject[name])
                 if (route._kw_names is not None and inject.keys() <= route._kw_names) or (
                     route._kw_all and route._kw_exclude not in inject
                 ):
