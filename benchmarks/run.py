@@ -26,6 +26,7 @@ HERE = Path(__file__).resolve().parent
 # scenario -> (what it is compared with, target per engine: compiled, pure, pypy)
 TARGETS: Dict[str, Tuple[str, Tuple[Optional[float], ...]]] = {
     "request": ("await handler(cmd)", (1.3, 2.5, 1.5)),
+    "request_attr": ("await handler(cmd)", (None, None, None)),
     "request_inject": ("await handler(cmd, user=u)", (1.8, 3.5, 2.0)),
     "request_3mod": ("the 3 layers nested by hand", (1.25, 2.0, 1.5)),
     "request_3mod_floor": ("the 3 layers nested by hand", (None, None, None)),
