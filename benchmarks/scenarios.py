@@ -68,8 +68,10 @@ async def compare(baseline: Loop, scenario: Loop, iterations: int, rounds: int) 
 # -- requests ------------------------------------------------------------------------
 
 
-async def _execute_vs_direct(bus: LocalRequestBus, n: int, rounds: int) -> Dict[str, float]:
-    """``await bus.execute(command)`` (``handle`` registered) vs ``await handle(command)``."""
+async def _execute_vs_direct(bus: LocalRequestBus, n: int, rounds: int, bound: bool = True) -> Dict[str, float]:
+    """``await bus.execute(command)`` (``handle`` registered) vs ``await handle(command)``:
+    ``bound``, with ``bus.execute`` bound once before the loop; else looked up on every call,
+    as most code writes it."""
     bus.register(handle)
     command = Command()
 
@@ -77,12 +79,16 @@ async def _execute_vs_direct(bus: LocalRequestBus, n: int, rounds: int) -> Dict[
         for _ in range(k):
             await handle(command)
 
-    async def via_bus(k: int) -> None:
+    async def via_bound(k: int) -> None:
         execute = bus.execute
         for _ in range(k):
             await execute(command)
 
-    return await compare(direct, via_bus, n, rounds)
+    async def via_attribute(k: int) -> None:
+        for _ in range(k):
+            await bus.execute(command)
+
+    return await compare(direct, via_bound if bound else via_attribute, n, rounds)
 
 
 async def bench_request(n: int, rounds: int) -> Dict[str, float]:
@@ -90,21 +96,7 @@ async def bench_request(n: int, rounds: int) -> Dict[str, float]:
 
 
 async def bench_request_attr(n: int, rounds: int) -> Dict[str, float]:
-    """``await bus.execute(command)`` as most code writes it: the method looked up on every
-    call (``request`` binds it once, outside the loop), vs ``await handle(command)``."""
-    bus = LocalRequestBus()
-    bus.register(handle)
-    command = Command()
-
-    async def direct(k: int) -> None:
-        for _ in range(k):
-            await handle(command)
-
-    async def via_bus(k: int) -> None:
-        for _ in range(k):
-            await bus.execute(command)
-
-    return await compare(direct, via_bus, n, rounds)
+    return await _execute_vs_direct(LocalRequestBus(), n, rounds, bound=False)
 
 
 async def bench_request_inject(n: int, rounds: int) -> Dict[str, float]:
