@@ -8,7 +8,7 @@ VENV := .venv
 PYPY_VENV := .venv-pypy
 SOURCES := pyproject.toml setup.py mediator/_core.pyx mediator/_relay.h mediator/_call.h mediator/_method.h
 
-.PHONY: demo test test-compiled test-pure test-pypy test-typing test-versions check-packaging bench bench-peers clean
+.PHONY: demo test test-compiled test-pure test-pypy test-typing test-versions check-packaging bench bench-peers bench-hooks clean
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/python example/demo.py
@@ -62,6 +62,10 @@ bench: $(VENV)/.installed $(PYPY_VENV)/.installed
 
 bench-peers: $(VENV)/.installed
 	$(VENV)/bin/python benchmarks/peers.py --python $(VENV)/bin/python
+
+# The pure engine's hooked path against the least each dispatch design can cost (needs valgrind).
+bench-hooks: $(VENV)/.installed
+	$(VENV)/bin/python benchmarks/hook_designs.py --instructions
 
 clean:
 	rm -rf $(VENV) $(PYPY_VENV) build dist *.egg-info mediator/_core.c mediator/*.so
