@@ -9,11 +9,12 @@ none of the checks a real table needs (no missing-handler error, no other route 
 error delivered at await time). So each ``*_least`` row is a bound its design cannot go
 under, not a rival engine:
 
+- ``deferred_least``: ``execute`` returns one coroutine that, when first awaited, runs the
+  befores, awaits the handler and runs the afters. This is what both engines do, so that
+  hooks run in the context of the task awaiting the dispatch.
 - ``eager_least``: ``execute`` calls the befores itself and returns one coroutine running
-  the afters around the handler's await. This is what both engines do: a before runs when
-  ``execute`` is called, as a plain ``def`` handler does.
-- ``deferred_least``: ``execute`` returns one coroutine that runs the befores too, at the
-  first await.
+  the afters around the handler's await (the engines' design before 2026-12-02: befores ran
+  in the caller's context).
 - ``async_def_least``: ``execute`` is itself an ``async def`` (one frame fewer for hooks),
   and ``async_def_least_plain``, the same design's hook-free request: its price, since it
   can no longer return the handler's own coroutine.
@@ -102,8 +103,8 @@ def designs() -> Dict[str, Execute]:
     plain.register(handle)
     return {
         "engine (pure)": hooked.execute,
-        "eager_least": EagerLeast().execute,
         "deferred_least": DeferredLeast().execute,
+        "eager_least": EagerLeast().execute,
         "async_def_least": AsyncDefLeast(hooked=True).execute,
         "engine (pure), plain request": plain.execute,
         "async_def_least_plain": AsyncDefLeast(hooked=False).execute,

@@ -89,7 +89,8 @@ cdef extern from "_relay.h":
     ctypedef object (*mediator_start_fn)(object owner, object subject, object argument, int *finished)
     object mediator_relay(object inner, object owner, object subject, mediator_relay_fn on_return, mediator_relay_fn on_error)
     object mediator_deferred(
-        mediator_start_fn start, object owner, object subject, object argument, mediator_relay_fn on_return, const char *what
+        mediator_start_fn start, object owner, object subject, object argument,
+        mediator_relay_fn on_return, mediator_relay_fn on_error, const char *what
     )
     int mediator_relay_ready() except -1
     bint mediator_is_awaitable(object o)
@@ -359,7 +360,9 @@ cdef class Route(_BaseRoute):
     Hook layers are given outermost first as three aligned tuples (``None`` where a
     layer has no such stage). Befores run in order, then the handler; afters (which
     may replace the result) and error hooks unwind in reverse, exactly as nested
-    ``try`` blocks would, but as one C loop with no coroutine per layer.
+    ``try`` blocks would, but as one C loop with no coroutine per layer. A hooked route
+    starts when it is first awaited, as an ``async def`` would: its hooks run in the
+    awaiting task's context, not in the caller's.
     """
 
     cdef readonly Invoker invoker
@@ -367,6 +370,7 @@ cdef class Route(_BaseRoute):
     cdef tuple _afters
     cdef tuple _errors
     cdef bint _wraps
+    cdef bytes _name  # what the warning of a hooked dispatch never awaited calls it
 
     def __init__(self, handler, Invoker invoker, tuple befores=(), tuple afters=(), tuple errors=()):
         self.handler = handler
@@ -379,6 +383,9 @@ cdef class Route(_BaseRoute):
             self._afters = afters
             self._errors = errors
             self._wraps = any(afters) or any(errors)
+            fn = invoker.fn
+            name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
+            self._name = str(name).encode("utf-8", "replace")
         self._inline = invoker._kind == _SYNC
         self._stream = invoker._kind == _STREAM
         if not self._befores and not self._wraps and invoker.subject_name is None and invoker._kind == _ASYNC:
@@ -390,16 +397,10 @@ cdef class Route(_BaseRoute):
             self._kw_exclude = invoker.subject_param
 
     cdef object _invoke(self, object subject, dict inject):
-        if self._befores:
-            if inject is None:  # befores may add to it for the handler
-                inject = {}
-            self._enter(subject, inject)
         if self._wraps:
-            try:
-                awaitable = self.invoker.call(subject, inject)
-            except Exception as error:  # e.g. it binds badly: the hooks that ran see it
-                return self._unwind(len(self._errors), subject, None, error)
-            return mediator_relay(awaitable, self, subject, _hooks_returned, _hooks_failed)
+            return mediator_deferred(_hooks_start, self, subject, inject, _hooks_returned, _hooks_failed, self._name)
+        if self._befores:
+            return mediator_deferred(_hooks_start, self, subject, inject, NULL, NULL, self._name)
         return self.invoker.call(subject, inject)
 
     @property
@@ -567,6 +568,24 @@ def _not_awaitable(route, returned):
         f"the modifier stack of {route.handler!r} returned {returned!r}: "
         f"a modifier layer must return an awaitable of an ActionResult (is it an async def?)"
     )
+
+
+cdef object _hooks_start(object owner, object subject, object argument, int *finished):
+    """A hooked route's first step, when it is first awaited: the befores, then the
+    handler's call, whose awaitable the relay drives from there. A failure here has met
+    the error stages of the layers it reached (_enter, _unwind) and is raised as it is."""
+    cdef Route route = <Route>owner
+    cdef dict inject = <dict>argument
+    if route._befores:
+        if inject is None:  # befores may add to it for the handler
+            inject = {}
+        route._enter(subject, inject)
+    if not route._wraps:
+        return route.invoker.call(subject, inject)
+    try:
+        return route.invoker.call(subject, inject)
+    except Exception as error:  # e.g. it binds badly: the hooks that ran see it
+        return route._unwind(len(route._errors), subject, None, error)
 
 
 cdef object _hooks_returned(object route, object subject, object value):
@@ -1037,7 +1056,7 @@ cdef object _publish(object self, PyObject **args, Py_ssize_t nargs, PyObject *k
         obj, inject = _bind_arguments("publish", args, nargs, kwnames)
     else:
         obj, inject = <object>args[0], None if kwnames == NULL else _kwargs(args + 1, kwnames)
-    return mediator_deferred(_publish_start, self, obj, inject, _published, b"EventDispatcher.publish")
+    return mediator_deferred(_publish_start, self, obj, inject, _published, NULL, b"EventDispatcher.publish")
 
 
 cdef object _publish_start(object owner, object obj, object argument, int *finished):

@@ -12,6 +12,7 @@ from types import CoroutineType, FunctionType, MethodType
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 from mediator._compat import add_note, mark_coroutine_function, resume_in_task
+from mediator._hook_runner import hook_runner
 from mediator.errors import handler_errors
 
 __all__ = [
@@ -194,11 +195,13 @@ class Route:
     Hook layers are given outermost first as three aligned tuples (``None`` where a
     layer has no such stage). Befores run in order, then the handler; afters (which
     may replace the result) and error hooks unwind in reverse, exactly as nested
-    ``try`` blocks would, but with no coroutine per layer.
+    ``try`` blocks would, but with no coroutine per layer. A hooked route starts when it
+    is first awaited, as an ``async def`` would: its hooks run in the awaiting task's
+    context, not in the caller's.
     """
 
     __slots__ = (
-        "handler", "invoker", "_pipeline", "_plan", "_errors", "_enter_steps", "_exit_steps",
+        "handler", "invoker", "_pipeline", "_run", "_errors", "_enter_steps", "_exit_steps",
         "_direct", "_ignores_inject", "_kw_names", "_kw_all", "_kw_exclude", "_kw_next", "_inline", "_stream",
     )
 
@@ -223,21 +226,26 @@ class Route:
             self._enter_steps = tuple((depth, stage) for depth, stage in enumerate(befores) if stage is not None)
             self._exit_steps = tuple((depth, stage) for depth, stage in enumerate(afters) if stage is not None)[::-1]
             self._errors = errors if any(errors) else ()
-        # fn(subject) when that is the whole call of the handler, else None: the invoker.
-        simple = invoker.subject_name is None and invoker.kind == "async"
-        fn = invoker.fn if simple and invoker._mode == _DROP else None
-        # Without error stages no depth is needed: up to three befores and three afters run
-        # as straight-line calls (cheaper than a loop on CPython; PyPy's JIT inlines them,
-        # where it does not inline a short loop). ``_plan`` None: the general path.
-        self._plan: Optional[Tuple[Any, ...]] = None
-        if not self._errors and len(self._enter_steps) <= 3 and len(self._exit_steps) <= 3:
-            self._plan = _plan_of(self._enter_steps, fn, self._exit_steps)
-        # The handler function itself, when fn(subject) is the whole call (see execute).
-        direct = simple and not self._enter_steps and not self._exit_steps and not self._errors
+        hooked = bool(self._enter_steps or self._exit_steps or self._errors)
         self._inline = invoker.kind == "sync"  # an event bus runs it in place, without a task
         self._stream = invoker.kind == "stream"  # answers bus.stream(), not execute()
-        if self._stream:  # execute refuses it, invoke takes the general path
-            self._plan = None
+        # fn(subject) when that is the whole call of the handler, else None: the invoker.
+        simple = invoker.subject_name is None and invoker.kind == "async"
+        # The route's whole call, run(subject, inject), for execute and invoke (None for a
+        # stream, which execute refuses): the invoker, or for a hooked route a coroutine
+        # running the hooks around it, straight-line where there is no error stage to unwind.
+        self._run: Optional[Callable[[Any, Dict[str, Any]], Any]] = invoker
+        if hooked and self._errors:
+            self._run = self._run_unwinding
+        elif hooked:
+            fn = invoker.fn if simple and invoker._mode == _DROP else invoker
+            befores_ = [stage for _, stage in self._enter_steps]
+            afters_ = [stage for _, stage in self._exit_steps]
+            self._run = hook_runner(befores_, fn, fn is not invoker, afters_, _name_of(invoker.fn))
+        if self._stream:
+            self._run = None
+        # The handler function itself, when fn(subject) is the whole call (see execute).
+        direct = simple and not hooked
         self._direct = invoker.fn if direct else None
         self._ignores_inject = direct and invoker._mode == _DROP
         # Injected names _direct takes as they are: a set, or all of them (_kw_all).
@@ -254,26 +262,10 @@ class Route:
 
     def invoke(self, subject: Any, inject: Dict[str, Any]) -> Any:
         """Start the handler; returns an awaitable of its (hook-processed) result."""
-        plan = self._plan
-        if plan is None:
-            return self._invoke_unwinding(subject, inject)
-        first, second, third, fn, finish = plan
-        if third is not None:  # then so are the others: see _plan_of
-            first(subject, inject)
-            second(subject, inject)
-            third(subject, inject)
-        elif first is not None:
-            first(subject, inject)
-            if second is not None:
-                second(subject, inject)
-        if fn is None:
-            fn = self.invoker
-            if finish is None:
-                return fn(subject, inject)
-            return finish(fn(subject, inject), subject)
-        if finish is None:
-            return fn(subject)
-        return finish(fn(subject), subject)
+        run = self._run
+        if run is None:  # a stream's: bus.stream() opens it here
+            return self._run_unwinding(subject, inject)
+        return run(subject, inject)
 
     async def action(self, action: ActionSubject) -> ActionResult:
         """This route as the innermost call of a modifier stack."""
@@ -286,25 +278,16 @@ class Route:
             return result
         return ActionResult(await self.invoke(action.subject, action.inject))
 
-    def _invoke_unwinding(self, subject: Any, inject: Dict[str, Any]) -> Any:
-        """``invoke`` with error stages (or more than three hooks): each stage by its depth."""
+    async def _run_unwinding(self, subject: Any, inject: Dict[str, Any]) -> Any:
+        """The route's call with error stages (and a stream's): each stage by its depth."""
         for depth, before in self._enter_steps:
             try:
                 before(subject, inject)
             except Exception as error:
                 self._unwind(depth, subject, error)
         try:
-            awaitable = self.invoker(subject, inject)
-        except Exception as error:  # e.g. it binds badly: the hooks that ran see it
-            self._unwind(len(self._errors), subject, error)
-        if not self._exit_steps and not self._errors:
-            return awaitable
-        return self._finish_unwinding(awaitable, subject)
-
-    async def _finish_unwinding(self, awaitable: Any, subject: Any) -> Any:
-        try:
-            result = await awaitable
-        except Exception as error:
+            result = await self.invoker(subject, inject)
+        except Exception as error:  # the handler's, or it binds badly: the hooks that ran see it
             self._unwind(len(self._errors), subject, error)
         for depth, after in self._exit_steps:
             try:
@@ -330,6 +313,11 @@ class Route:
         raise error
 
 
+def _name_of(fn: Any) -> str:
+    """What a coroutine of ``fn`` is called: its qualified name."""
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
+
+
 def _next_positional(fn: Any) -> Optional[str]:
     """The name of ``fn``'s second parameter when ``fn(subject, value)`` binds exactly as
     ``fn(subject, name=value)`` would (positional-or-keyword, of a plain function), else ``None``.
@@ -344,55 +332,6 @@ def _next_positional(fn: Any) -> Optional[str]:
     return None
 
 
-_NO_STAGES = (None, None, None)
-
-
-def _plan_of(
-    befores: Tuple[Tuple[int, Any], ...], fn: Any, afters: Tuple[Tuple[int, Any], ...]
-) -> Tuple[Any, Any, Any, Any, Any]:
-    """A route's straight-line path, from up to three (depth, stage) steps of each kind:
-    ``(first, second, third, fn, finish)``, the befores padded with None to three (so
-    ``third`` set means all three are: one test runs three befores); ``fn``, the handler
-    function when ``fn(subject)`` is its call, else None (the invoker); ``finish``, see
-    _finisher.
-    """
-    stages = tuple(stage for _, stage in befores)
-    return stages + _NO_STAGES[len(stages):] + (fn, _finisher(tuple(stage for _, stage in afters)))
-
-
-def _finisher(afters: Tuple[Callable[..., Any], ...]) -> Optional[Callable[[Any, Any], Any]]:
-    """A coroutine function running up to three after stages (innermost first) on the
-    awaited result: ``finish(awaitable, subject)``; ``None`` when there are none.
-
-    The stages are bound as defaults, not closed over: a dispatch reads them as locals,
-    which costs CPython less than closure cells (about 50 instructions for three).
-    """
-    if len(afters) == 1:
-        (inner,) = afters
-
-        async def finish_1(awaitable: Any, subject: Any, inner: Any = inner) -> Any:
-            return inner(subject, await awaitable)
-
-        return finish_1
-    if len(afters) == 2:
-        inner, outer = afters
-
-        async def finish_2(awaitable: Any, subject: Any, inner: Any = inner, outer: Any = outer) -> Any:
-            return outer(subject, inner(subject, await awaitable))
-
-        return finish_2
-    if len(afters) == 3:
-        inner, middle, outer = afters
-
-        async def finish_3(
-            awaitable: Any, subject: Any, inner: Any = inner, middle: Any = middle, outer: Any = outer
-        ) -> Any:
-            return outer(subject, middle(subject, inner(subject, await awaitable)))
-
-        return finish_3
-    return None
-
-
 def _check_layers(*stages: Tuple[Any, ...]) -> None:
     if len({len(stage) for stage in stages if stage}) > 1:
         raise ValueError("hook stages must be aligned: one entry per layer in each")
@@ -401,7 +340,7 @@ def _check_layers(*stages: Tuple[Any, ...]) -> None:
 class PipelineRoute:
     """A registered handler behind a ``ModifierFactory`` stack (the general path)."""
 
-    __slots__ = ("handler", "pipeline", "_stream", "_inline", "_direct", "_pipeline", "_plan")
+    __slots__ = ("handler", "pipeline", "_stream", "_inline", "_direct", "_pipeline", "_run")
     _ignores_inject = False
     _kw_names = None
     _kw_all = False
@@ -413,7 +352,7 @@ class PipelineRoute:
         self.pipeline = pipeline
         # execute reads these of every route: slots (a class attribute is a slower read)
         self._direct = None
-        self._plan = None
+        self._run = None
         self._stream = getattr(handler, "kind", None) == "stream"
         # execute runs the stack itself, as invoke would (a stream's it refuses: see execute)
         self._pipeline = None if self._stream else pipeline
@@ -500,34 +439,16 @@ class RequestDispatcher:
                     route._kw_all and route._kw_exclude not in inject
                 ):
                     return fn(obj, **inject)
-            plan = route._plan
-            if plan is not None:  # Route.invoke, inlined
-                first, second, third, fn, finish = plan  # fn: see _plan_of
-                if third is not None:  # then so are the others: see _plan_of
-                    first(obj, inject)
-                    second(obj, inject)
-                    third(obj, inject)
-                elif first is not None:
-                    first(obj, inject)
-                    if second is not None:
-                        second(obj, inject)
-                if fn is None:
-                    fn = route.invoker
-                    if finish is None:
-                        return fn(obj, inject)
-                    return finish(fn(obj, inject), obj)
-                if finish is None:
-                    return fn(obj)
-                return finish(fn(obj), obj)
+            fn = route._run  # the route's whole call: its invoker, or its hooks around it
+            if fn is not None:
+                return fn(obj, inject)
             fn = route._pipeline  # the stack's outermost layer
             if fn is not None:  # PipelineRoute.invoke, inlined
                 action = _new(ActionSubject)
                 action.subject = obj
                 action.inject = inject
                 return _unwrap(route, fn(action))
-            if route._stream:
-                return _raise(_stream_misuse(route, obj))
-            return route._invoke_unwinding(obj, inject)  # error stages, or more than three hooks
+            return _raise(_stream_misuse(route, obj))  # neither: a stream's route
         except Exception as error:  # raise at await time, as an async call would
             return _raise(error)
 

@@ -47,12 +47,16 @@ static PyTypeObject MediatorRelay_Type;
 /* A deferred relay: a relay of its own type, only for its dealloc (see deferred_dealloc). */
 static PyTypeObject MediatorDeferred_Type;
 
+/* Whether `o` is what `await o` iterates: a coroutine, or a relay of either type. */
+#define RELAY_OWN_ITERATOR(o) \
+    (PyCoro_CheckExact(o) || Py_TYPE(o) == &MediatorRelay_Type || Py_TYPE(o) == &MediatorDeferred_Type)
+
 /* Relays live for one dispatch: a few are kept for reuse instead of going back to malloc. */
 #define RELAY_FREELIST_SIZE 16
 static MediatorRelay *relay_freelist[RELAY_FREELIST_SIZE];
 static int relay_freelist_count = 0;
 
-static PyObject *mediator_relay(PyObject *inner, PyObject *owner, PyObject *subject,
+RELAY_INLINE PyObject *mediator_relay(PyObject *inner, PyObject *owner, PyObject *subject,
                                 mediator_relay_fn on_return, mediator_relay_fn on_error)
 {
     MediatorRelay *self;
@@ -73,18 +77,21 @@ static PyObject *mediator_relay(PyObject *inner, PyObject *owner, PyObject *subj
     self->on_return = on_return;
     self->on_error = on_error;
     /* A coroutine (or relay) is its own iterator: nothing to look up at the first step. */
-    self->started = PyCoro_CheckExact(inner) || Py_TYPE(inner) == &MediatorRelay_Type;
+    self->started = RELAY_OWN_ITERATOR(inner);
     self->running = 0;
     PyObject_GC_Track(self);
     return (PyObject *)self;
 }
 
 /* A relay whose inner awaitable `start` makes when it is first awaited (see
-   mediator_start_fn); `what` names it in the warning given if it never is. */
-static PyObject *mediator_deferred(mediator_start_fn start, PyObject *owner, PyObject *subject,
-                                   PyObject *argument, mediator_relay_fn on_return, const char *what)
+   mediator_start_fn); `what` names it in the warning given if it never is, and must live
+   as long as `owner`. `on_error` sees the inner awaitable's errors, not a failed start's:
+   a start deals with its own. */
+RELAY_INLINE PyObject *mediator_deferred(mediator_start_fn start, PyObject *owner, PyObject *subject,
+                                   PyObject *argument, mediator_relay_fn on_return,
+                                   mediator_relay_fn on_error, const char *what)
 {
-    MediatorRelay *self = (MediatorRelay *)mediator_relay(argument, owner, subject, on_return, NULL);
+    MediatorRelay *self = (MediatorRelay *)mediator_relay(argument, owner, subject, on_return, on_error);
     if (self == NULL) return NULL;
     Py_SET_TYPE(self, &MediatorDeferred_Type);
     self->start = start;
@@ -105,7 +112,7 @@ static PyObject *relay_await_iter(PyObject *awaitable)
 {
     PyTypeObject *type = Py_TYPE(awaitable);
     PyObject *iter;
-    if (PyCoro_CheckExact(awaitable) || type == &MediatorRelay_Type) {
+    if (RELAY_OWN_ITERATOR(awaitable)) {
         Py_INCREF(awaitable);
         return awaitable;
     }
@@ -239,10 +246,13 @@ static int relay_begin(MediatorRelay *self, PyObject **out)
     made = start(self->owner, self->subject, argument, &finished);
     self->running = 0;
     Py_XDECREF(argument);
-    if (made == NULL) return relay_finish(self, RELAY_ERROR, NULL, out);
+    if (made == NULL) {
+        self->on_error = NULL;  /* the start dealt with its own failure */
+        return relay_finish(self, RELAY_ERROR, NULL, out);
+    }
     if (finished) return relay_finish(self, RELAY_RETURN, made, out);
     self->inner = made;
-    self->started = PyCoro_CheckExact(made) || Py_TYPE(made) == &MediatorRelay_Type;
+    self->started = RELAY_OWN_ITERATOR(made);
     return RELAY_NEXT;
 }
 
@@ -367,9 +377,14 @@ static PyObject *relay_close(MediatorRelay *self, PyObject *unused)
 #if PY_VERSION_HEX >= 0x030A0000
 static PySendResult relay_am_send(MediatorRelay *self, PyObject *arg, PyObject **result)
 {
-    PyObject *inner = self->inner, *value;
+    PyObject *inner, *value;
     PySendResult sent;
     int status;
+    if (self->start != NULL && arg == Py_None && !self->running) {  /* a deferred relay begins */
+        status = relay_begin(self, result);
+        if (status != RELAY_NEXT) return status == RELAY_RETURN ? PYGEN_RETURN : PYGEN_ERROR;
+    }
+    inner = self->inner;
     /* The common case, a started coroutine (or relay) inside, is sent to directly. */
     if (self->started && !self->running && inner != NULL && Py_TYPE(inner)->tp_as_async != NULL
             && Py_TYPE(inner)->tp_as_async->am_send != NULL) {
