@@ -238,10 +238,14 @@ class Route:
         if hooked and self._errors:
             self._run = self._run_unwinding
         elif hooked:
-            fn = invoker.fn if simple and invoker._mode == _DROP else invoker
-            befores_ = [stage for _, stage in self._enter_steps]
-            afters_ = [stage for _, stage in self._exit_steps]
-            self._run = hook_runner(befores_, fn, fn is not invoker, afters_, _name_of(invoker.fn))
+            subject_only = simple and invoker._mode == _DROP  # the handler takes fn(subject)
+            self._run = hook_runner(
+                [stage for _, stage in self._enter_steps],
+                invoker.fn if subject_only else invoker,
+                subject_only,
+                [stage for _, stage in self._exit_steps],
+                _name_of(invoker.fn),
+            )
         if self._stream:
             self._run = None
         # The handler function itself, when fn(subject) is the whole call (see execute).

@@ -7,12 +7,12 @@ from typing import Any, Callable, Sequence
 def hook_runner(
     befores: Sequence[Callable[..., Any]],
     call: Callable[..., Any],
-    simple: bool,
+    subject_only: bool,
     afters: Sequence[Callable[..., Any]],
     name: str,
 ) -> Callable[[Any, Any], Any]:
     """``run(subject, inject)``: a coroutine that, when first awaited, calls the befores in
-    order, then the handler (``call(subject)`` when ``simple``, else ``call(subject,
+    order, then the handler (``call(subject)`` when ``subject_only``, else ``call(subject,
     inject)``), awaits it and passes its result through the afters, innermost first.
 
     Its source is written for the number of stages, with no loop and no None check; the
@@ -25,7 +25,7 @@ def hook_runner(
     stages.update({f"after_{index}": stage for index, stage in enumerate(afters)})
     stages["call"] = call
     lines = [f"    before_{index}(subject, inject)" for index in range(len(befores))]
-    result = "await call(subject)" if simple else "await call(subject, inject)"
+    result = "await call(subject)" if subject_only else "await call(subject, inject)"
     for index in range(len(afters)):
         result = f"after_{index}(subject, {result})"
     lines.append(f"    return {result}")

@@ -85,7 +85,7 @@ RELAY_INLINE PyObject *mediator_relay(PyObject *inner, PyObject *owner, PyObject
 
 /* A relay whose inner awaitable `start` makes when it is first awaited (see
    mediator_start_fn); `what` names it in the warning given if it never is, and must live
-   as long as `owner`. `on_error` sees the inner awaitable's errors, not a failed start's:
+   as long as `owner` (a relay cleared by the GC forgets it). `on_error` sees the inner awaitable's errors, not a failed start's:
    a start deals with its own. */
 RELAY_INLINE PyObject *mediator_deferred(mediator_start_fn start, PyObject *owner, PyObject *subject,
                                    PyObject *argument, mediator_relay_fn on_return,
@@ -421,6 +421,7 @@ static int relay_traverse(MediatorRelay *self, visitproc visit, void *arg)
 
 static int relay_clear(MediatorRelay *self)
 {
+    self->what = NULL;  /* it may live in the owner, released here: see relay_warn_unawaited */
     relay_release(self);
     return 0;
 }
@@ -428,13 +429,14 @@ static int relay_clear(MediatorRelay *self)
 /* A deferred relay dropped before it began: its body never ran, as for a coroutine. */
 static void relay_warn_unawaited(MediatorRelay *self)
 {
+    const char *what = self->what != NULL ? self->what : "mediator dispatch";  /* NULL: cleared by the GC */
 #if PY_VERSION_HEX >= 0x030C0000
     PyObject *pending = PyErr_GetRaisedException();
 #else
     PyObject *type, *value, *traceback;
     PyErr_Fetch(&type, &value, &traceback);
 #endif
-    if (PyErr_WarnFormat(PyExc_RuntimeWarning, 1, "coroutine '%s' was never awaited", self->what) < 0) {
+    if (PyErr_WarnFormat(PyExc_RuntimeWarning, 1, "coroutine '%s' was never awaited", what) < 0) {
         PyErr_WriteUnraisable(NULL);
     }
 #if PY_VERSION_HEX >= 0x030C0000

@@ -202,3 +202,25 @@ def test_a_before_refusing_meets_each_outer_error_stage_once():
     with pytest.raises(PermissionError, match="inner"):
         asyncio.run(bus.execute(Ask("a")))
     assert log == [("before", "outer"), ("before", "inner"), ("error", "outer")]
+
+
+def test_a_hooked_dispatch_dropped_in_a_reference_cycle_with_its_bus_warns_safely():
+    """The GC may clear the dispatch after its bus (whose route names it): it still warns."""
+    log = []
+
+    class Holder:
+        pass
+
+    def drop():
+        bus = LocalRequestBus(modifiers=[Tag(log)])
+        bus.register(answer)
+        holder = Holder()
+        holder.bus, holder.dispatch = bus, bus.execute(Ask("a"))
+        holder.self = holder  # a cycle: only the GC frees it
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        drop()
+        gc.collect()
+    assert log == []
+    assert len([w for w in caught if "was never awaited" in str(w.message)]) == 1
