@@ -390,7 +390,8 @@ class PipelineRoute:
         action = _new(ActionSubject)
         action.subject = subject
         action.inject = inject
-        return self._unwrap(self, self.pipeline, action)
+        unwrap = self._unwrap  # read as a value: see execute
+        return unwrap(self, self.pipeline, action)
 
 
 async def _unwrap(route: PipelineRoute, pipeline: Callable[[ActionSubject], Any], action: ActionSubject) -> Any:
@@ -477,7 +478,8 @@ class RequestDispatcher:
                 action = _new(ActionSubject)
                 action.subject = obj
                 action.inject = inject
-                return route._unwrap(route, fn, action)
+                unwrap = route._unwrap  # read as a value: a slot read as a method is the slow lookup
+                return unwrap(route, fn, action)
             return _raise(_stream_misuse(route, obj))  # neither: a stream's route
         except Exception as error:  # raise at await time, as an async call would
             return _raise(error)
