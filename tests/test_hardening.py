@@ -20,6 +20,11 @@ import pytest
 
 import mediator
 from mediator import Hook
+from mediator.common.factory import (
+    HandlerFactoryCascadeError,
+    IncompatibleHandlerFactoryCascadeError,
+    MethodHandlerPolicy,
+)
 from mediator.common.modifiers import ModifierFactory
 from mediator.common.registry import CollisionHandlerStoreError, LookupHandlerStoreError
 from mediator.errors import EventBusClosedError, EventHandlerErrors
@@ -329,6 +334,21 @@ def test_handler_objects_whose_repr_eq_and_hash_fail_dispatch_and_collide_clearl
         requests.register(Handles())
 
 
+def test_registering_objects_whose_repr_fails_raises_the_registration_error():
+    class NoAnnotation:
+        def handle(self, request):
+            return 1
+
+        def __repr__(self):
+            raise ValueError("no repr")
+
+    bus = LocalRequestBus(policies=[MethodHandlerPolicy("handle")])
+    with pytest.raises(IncompatibleHandlerFactoryCascadeError, match="Hostile object at 0x"):
+        bus.register(Hostile())  # not callable, no handle method
+    with pytest.raises(HandlerFactoryCascadeError, match="NoAnnotation object at 0x.*no type annotation"):
+        bus.register(NoAnnotation())
+
+
 # --- exception chains of error hooks --------------------------------------------------------
 
 
@@ -446,13 +466,14 @@ def test_an_error_hook_sees_the_error_of_a_closed_handler_that_ignored_generator
 
 
 @pytest.mark.parametrize("count", [199, 200, 1000])
-@pytest.mark.parametrize("stages", ["after", "before_after"])
+@pytest.mark.parametrize("stages", ["after", "before_after", "before_after_error"])
 def test_any_number_of_hooks_runs_in_order(count, stages):
     log = []
 
     def hook(index):
-        before = (lambda subject, inject: log.append(("before", index))) if stages == "before_after" else None
-        return Hook(before=before, after=lambda subject, result: result + [index])
+        before = (lambda subject, inject: log.append(("before", index))) if stages != "after" else None
+        error = (lambda subject, error: log.append(("error", index))) if stages == "before_after_error" else None
+        return Hook(before=before, after=lambda subject, result: result + [index], error=error)
 
     requests = LocalRequestBus(modifiers=[hook(index) for index in range(count)])
     events = LocalEventBus(strategy="concurrent", modifiers=[hook(index) for index in range(count)])
@@ -475,7 +496,7 @@ def test_any_number_of_hooks_runs_in_order(count, stages):
 
     assert asyncio.run(main()) == list(reversed(range(count)))  # innermost after first
     assert results == ["event"]
-    if stages == "before_after":
+    if stages != "after":
         assert log == [("before", index) for index in range(count)] * 2
 
 
