@@ -315,12 +315,12 @@ class Route:
         for hook in reversed(self._errors[:depth]):
             if hook is None:
                 continue
-            traceback = error.__traceback__
+            traceback, context = error.__traceback__, error.__context__
             try:
                 try:
                     raise error
-                except Exception:
-                    error.__traceback__ = traceback  # raised only to be the one handled
+                except Exception:  # raised only to be the one handled: it is left as it was
+                    error.__traceback__, error.__context__ = traceback, context
                     hook(subject, error)
             except Exception as raised:
                 error = raised
