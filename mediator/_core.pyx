@@ -359,7 +359,7 @@ cdef object _action_inject(ActionSubject action, handler):
     if isinstance(inject, Mapping):
         return dict(inject)
     raise TypeError(
-        f"a modifier of {handler!r} set ActionSubject.inject to {inject!r}: "
+        f"a modifier of {handler!r} set ActionSubject.inject to a {type(inject).__name__}: "
         f"it must be a mapping of keyword arguments"
     )
 

@@ -175,7 +175,7 @@ def _action_inject(inject: Any, handler: Any) -> Dict[str, Any]:
     if isinstance(inject, Mapping):
         return dict(inject)
     raise TypeError(
-        f"a modifier of {handler!r} set ActionSubject.inject to {inject!r}: "
+        f"a modifier of {handler!r} set ActionSubject.inject to a {type(inject).__name__}: "
         f"it must be a mapping of keyword arguments"
     )
 

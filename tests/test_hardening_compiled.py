@@ -550,7 +550,7 @@ def test_a_layer_may_set_inject_to_any_mapping(mapping, hooks):
 def test_a_layer_setting_inject_to_a_non_mapping_gets_a_clear_error(hooks):
     bus = LocalRequestBus(modifiers=[SetInject([("user", "ada")]), *hooks])
     bus.register(takes_user)
-    with pytest.raises(TypeError, match=r"set ActionSubject\.inject to \[\('user', 'ada'\)\]: it must be a mapping"):
+    with pytest.raises(TypeError, match=r"set ActionSubject\.inject to a list: it must be a mapping of keyword arguments"):
         run(bus.execute(Ask()))
 
 
