@@ -13,6 +13,7 @@ from cpython.unicode cimport PyUnicode_GET_LENGTH
 
 import asyncio
 import logging
+from collections.abc import Mapping
 
 from mediator import _signatures
 from mediator._compat import add_note, resume_in_task
@@ -95,6 +96,65 @@ cdef extern from "_relay.h":
     )
     int mediator_relay_ready() except -1
     bint mediator_is_awaitable(object o)
+
+cdef extern from *:
+    """
+    /* mediator_step, counted against the recursion limit when it steps a relay: a handler
+       returning another dispatch nests relays in C with no Python frame between them
+       (see RELAY_RECURSION_WHERE in _relay.h). */
+    static int mediator_step_nested(PyObject *coro, PyObject **result) {
+        int status;
+        if (!RELAY_CHECK(coro)) return mediator_step(coro, result);
+        if (Py_EnterRecursiveCall(RELAY_RECURSION_WHERE)) {
+            *result = NULL;
+            return -1;
+        }
+        status = mediator_step(coro, result);
+        Py_LeaveRecursiveCall();
+        return status;
+    }
+
+    /* hook(subject, error) called as in the `except` block of a hand-written `try`: with
+       `error` as the exception being handled, so that what it raises has `error` as its
+       __context__ (and not whatever the awaiting code happens to be handling). */
+    static PyObject *mediator_call_handling(PyObject *hook, PyObject *subject, PyObject *error) {
+        PyObject *args[2] = {subject, error};
+        PyObject *result;
+        _PyErr_StackItem *item = PyThreadState_Get()->exc_info;
+    #if PY_VERSION_HEX >= 0x030B0000
+        PyObject *saved = item->exc_value;
+        Py_INCREF(error);
+        item->exc_value = error;
+        result = PyObject_Vectorcall(hook, args, 2, NULL);
+        item = PyThreadState_Get()->exc_info;
+        Py_XSETREF(item->exc_value, saved);
+    #else
+        PyObject *saved_type = item->exc_type, *saved_value = item->exc_value, *saved_tb = item->exc_traceback;
+        item->exc_type = (PyObject *)Py_TYPE(error);
+        Py_INCREF(item->exc_type);
+        Py_INCREF(error);
+        item->exc_value = error;
+        item->exc_traceback = PyException_GetTraceback(error);
+        result = PyObject_Vectorcall(hook, args, 2, NULL);
+        item = PyThreadState_Get()->exc_info;
+        Py_XSETREF(item->exc_type, saved_type);
+        Py_XSETREF(item->exc_value, saved_value);
+        Py_XSETREF(item->exc_traceback, saved_tb);
+    #endif
+        return result;
+    }
+
+    /* Raise `error` again as it is, as a bare `raise` would: unlike `raise error` (which
+       PyErr_SetObject does), its __context__ is left alone. NULL, for Cython to unwind. */
+    static PyObject *mediator_reraise(PyObject *error) {
+        Py_INCREF(error);
+        relay_restore_error(error);
+        return NULL;
+    }
+    """
+    int mediator_step_nested(object coro, PyObject **result) except -1
+    object mediator_call_handling(object hook, object subject, object error)
+    object mediator_reraise(object error)
 
 cdef extern from "_method.h":
     int mediator_install_method(object owner, void *fn, object signature) except -1
@@ -200,11 +260,13 @@ cdef class Invoker:
     cdef frozenset _names
     cdef dict _renames
     cdef tuple _pairs
+    cdef bytes _name  # what the warning of an action never awaited calls it
 
     def __init__(self, fn, subject_name=None, arg_map=None, allow_args=None, subject_param=None, kind="async"):
         if kind not in _KINDS:
             raise ValueError(f"Invoker kind must be one of {', '.join(_KINDS)}, got {safe_repr(kind)}")
         self.fn = fn
+        self._name = _name_of(fn)
         self.kind = kind
         self._kind = _KINDS.index(kind)
         self.subject_name = subject_name or None
@@ -271,14 +333,42 @@ cdef class Invoker:
 
     @cython.always_allow_keywords(False)
     def action(self, action):
-        """Call through the modifier interface: ``ActionSubject`` in, ``ActionResult`` out."""
+        """Call through the modifier interface: ``ActionSubject`` in, ``ActionResult`` out.
+
+        Nothing runs until it is awaited, as for an ``async def`` (a plain ``def`` handler
+        included): the call is the start of a deferred relay.
+        """
         if not isinstance(action, ActionSubject):
             return _raise(_not_an_action(self.fn, action))
-        try:
-            awaitable = self.call((<ActionSubject>action).subject, (<ActionSubject>action).inject)
-        except Exception as error:  # raise at await time, as an async call would
-            return _raise(error)
-        return mediator_relay(awaitable, None, None, _action_result, NULL)
+        return mediator_deferred(_invoker_action_start, self, action, None, _action_result, NULL, self._name)
+
+
+cdef object _invoker_action_start(object owner, object action, object argument, int *finished):
+    """``Invoker.action``'s body, run when first awaited: the handler's call."""
+    cdef Invoker invoker = <Invoker>owner
+    return invoker.call((<ActionSubject>action).subject, _action_inject(<ActionSubject>action, invoker.fn))
+
+
+cdef object _action_inject(ActionSubject action, handler):
+    """The keyword arguments a modifier stack hands its handler: ``action.inject`` as a
+    dict. A layer may set any mapping (it is copied, as ``**`` would) or None (nothing)."""
+    inject = action.inject
+    if type(inject) is dict:
+        return inject
+    if inject is None:
+        return {}
+    if isinstance(inject, Mapping):
+        return dict(inject)
+    raise TypeError(
+        f"a modifier of {handler!r} set ActionSubject.inject to a {type(inject).__name__}: "
+        f"it must be a mapping of keyword arguments"
+    )
+
+
+def _name_of(fn):
+    """What a warning calls a dispatch of ``fn``: its qualified name, as UTF-8."""
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
+    return str(name).encode("utf-8", "replace")
 
 
 _KINDS = ("async", "sync", "stream")
@@ -371,7 +461,7 @@ cdef class Route(_BaseRoute):
     cdef tuple _afters
     cdef tuple _errors
     cdef bint _wraps
-    cdef bytes _name  # what the warning of a hooked dispatch never awaited calls it
+    cdef bytes _name  # what the warning of a dispatch never awaited calls it
 
     def __init__(self, handler, Invoker invoker, tuple befores=(), tuple afters=(), tuple errors=()):
         self.handler = handler
@@ -384,9 +474,7 @@ cdef class Route(_BaseRoute):
             self._afters = afters
             self._errors = errors
             self._wraps = any(afters) or any(errors)
-            fn = invoker.fn
-            name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
-            self._name = str(name).encode("utf-8", "replace")
+        self._name = invoker._name
         self._inline = invoker._kind == _SYNC
         self._stream = invoker._kind == _STREAM
         if not self._befores and not self._wraps and invoker.subject_name is None and invoker._kind == _ASYNC:
@@ -440,13 +528,13 @@ cdef class Route(_BaseRoute):
                     else:
                         hook = self._errors[depth]
                         if hook is not None:
-                            hook(subject, error)
+                            mediator_call_handling(hook, subject, error)
             except Exception as raised:
                 if raised is not error and raised.__context__ is None:
                     raised.__context__ = error
                 error = raised
         if error is not None:
-            raise error
+            return mediator_reraise(error)  # its chain as the hooks left it
         return result
 
 
@@ -494,7 +582,10 @@ cdef object _route_action(object owner, object argument):
     if not isinstance(argument, ActionSubject):
         return _raise(_not_an_action(route.handler, argument))
     action = <ActionSubject>argument
-    if route._direct is not None and (action._unmade or not action._inject):
+    if route._direct is not None and (
+        action._unmade or route._ignores_inject or action._inject is None
+        or (type(action._inject) is dict and not action._inject)
+    ):
         subject = <PyObject *>action.subject
         awaitable = mediator_vectorcall(route._direct, &subject, 1, NULL)
         if awaitable == NULL:
@@ -504,12 +595,16 @@ cdef object _route_action(object owner, object argument):
 
 
 cdef object _route_action_planned(Route route, ActionSubject action):
-    """``_route_action`` through the route's plan (its hooks, or what it injects)."""
-    try:
-        planned = route._invoke(action.subject, action.inject)
-    except Exception as error:  # raise at await time, as an async call would
-        return _raise(error)
-    return mediator_relay(planned, None, None, _action_result, NULL)
+    """``_route_action`` through the route's plan (its hooks, or what it injects), which
+    starts when it is first awaited, as an ``async def`` would: a plain ``def`` handler
+    behind a layer that returns this without awaiting it runs at await time."""
+    return mediator_deferred(_route_action_start, route, action, None, _action_result, NULL, route._name)
+
+
+cdef object _route_action_start(object owner, object action, object argument, int *finished):
+    """``_route_action_planned``'s body, run when first awaited: the route's call."""
+    cdef Route route = <Route>owner
+    return route._invoke((<ActionSubject>action).subject, _action_inject(<ActionSubject>action, route.handler))
 
 
 # One spare ActionSubject and ActionResult: a dispatch through a modifier stack that ends
@@ -790,7 +885,16 @@ cdef object _execute_unrouted(RequestDispatcher self, PyObject **args, PyObject 
     obj = <object>args[0]
     if PyErr_Occurred():
         raise_pending()  # the dict lookup itself failed
-    found = self._resolve(type(obj)) if self._polymorphic else None
+    found = None
+    if self._table.usable:
+        # The table compares classes by identity: a class equal (and hash-equal) to a
+        # registered one through its own metaclass is found by the dict, as in the pure engine.
+        try:
+            found = self._routes.get(type(obj))
+        except Exception as error:  # its __eq__ or __hash__ failed
+            return _raise(error)
+    if found is None and self._polymorphic:
+        found = self._resolve(type(obj))
     if found is None:
         return _raise(self._missing(obj))
     return _execute_planned(<_BaseRoute>found, args, kwnames)
@@ -926,7 +1030,7 @@ cdef class EventDispatcher:
                 coroutine = mediator_own(started)
             else:  # its modifiers may change inject: the next handler gets it unchanged
                 coroutine = route._invoke(obj, {} if inject is None else dict(inject))
-            status = mediator_step(coroutine, &step_result)
+            status = mediator_step_nested(coroutine, &step_result)
         finally:
             PyContext_Exit(context)
         if status == 0:

@@ -7,6 +7,7 @@ the handler call. ``mediator._engine`` picks this module or the compiled one.
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from contextvars import copy_context
 from types import CoroutineType, FunctionType, MethodType
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple
@@ -160,7 +161,24 @@ class Invoker:
         """Call through the modifier interface: ``ActionSubject`` in, ``ActionResult`` out."""
         if not isinstance(action, ActionSubject):
             raise _not_an_action(self.fn, action)
-        return ActionResult(await self(action.subject, action.inject))
+        inject = action.inject
+        if type(inject) is not dict:
+            inject = _action_inject(inject, self.fn)
+        return ActionResult(await self(action.subject, inject))
+
+
+def _action_inject(inject: Any, handler: Any) -> Dict[str, Any]:
+    """The keyword arguments a modifier stack hands its handler when a layer set
+    ``action.inject`` to something else than a dict: any mapping (copied, as ``**`` would)
+    or None (nothing)."""
+    if inject is None:
+        return {}
+    if isinstance(inject, Mapping):
+        return dict(inject)
+    raise TypeError(
+        f"a modifier of {handler!r} set ActionSubject.inject to a {type(inject).__name__}: "
+        f"it must be a mapping of keyword arguments"
+    )
 
 
 _KINDS = ("async", "sync", "stream")
@@ -282,7 +300,10 @@ class Route:
             result = _new(ActionResult)
             result.result = await direct(action.subject)
             return result
-        return ActionResult(await self.invoke(action.subject, action.inject))
+        inject = action.inject
+        if type(inject) is not dict:
+            inject = _action_inject(inject, self.handler)
+        return ActionResult(await self.invoke(action.subject, inject))
 
     async def _run_unwinding(self, subject: Any, inject: Dict[str, Any]) -> Any:
         """The route's call with error stages (and a stream's): each stage by its depth."""

@@ -32,6 +32,7 @@ typedef struct {
     const char *what;             /* a deferred relay: what its never-awaited warning names */
     char started;
     char running;
+    char fresh;                   /* nothing sent into it yet: as a just-created coroutine */
 } MediatorRelay;
 
 enum { RELAY_ERROR = -1, RELAY_RETURN = 0, RELAY_NEXT = 1 };
@@ -47,9 +48,17 @@ static PyTypeObject MediatorRelay_Type;
 /* A deferred relay: a relay of its own type, only for its dealloc (see deferred_dealloc). */
 static PyTypeObject MediatorDeferred_Type;
 
+/* Whether `o` is a relay of either type. */
+#define RELAY_CHECK(o) (Py_TYPE(o) == &MediatorRelay_Type || Py_TYPE(o) == &MediatorDeferred_Type)
+
 /* Whether `o` is what `await o` iterates: a coroutine, or a relay of either type. */
-#define RELAY_OWN_ITERATOR(o) \
-    (PyCoro_CheckExact(o) || Py_TYPE(o) == &MediatorRelay_Type || Py_TYPE(o) == &MediatorDeferred_Type)
+#define RELAY_OWN_ITERATOR(o) (PyCoro_CheckExact(o) || RELAY_CHECK(o))
+
+/* Relays driving relays nest in C with no Python frame between them (a plain handler
+   returning another dispatch, say): each such nested step counts against the recursion
+   limit, as the coroutine it stands for would, so that a runaway cascade raises
+   RecursionError instead of overflowing the C stack. */
+#define RELAY_RECURSION_WHERE " in a mediator dispatch"
 
 /* Relays live for one dispatch: a few are kept for reuse instead of going back to malloc. */
 #define RELAY_FREELIST_SIZE 16
@@ -79,6 +88,7 @@ RELAY_INLINE PyObject *mediator_relay(PyObject *inner, PyObject *owner, PyObject
     /* A coroutine (or relay) is its own iterator: nothing to look up at the first step. */
     self->started = RELAY_OWN_ITERATOR(inner);
     self->running = 0;
+    self->fresh = 1;
     PyObject_GC_Track(self);
     return (PyObject *)self;
 }
@@ -100,19 +110,38 @@ RELAY_INLINE PyObject *mediator_deferred(mediator_start_fn start, PyObject *owne
     return (PyObject *)self;
 }
 
+/* Whether `o` is a generator-based coroutine (`@types.coroutine`), which `await` takes
+   as its own iterator. */
+static int relay_is_iterable_coroutine(PyObject *o)
+{
+    PyObject *code;
+    int flagged;
+    if (!PyGen_CheckExact(o)) return 0;
+    code = PyObject_GetAttrString(o, "gi_code");
+    if (code == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    flagged = PyCode_Check(code) && (((PyCodeObject *)code)->co_flags & CO_ITERABLE_COROUTINE) != 0;
+    Py_DECREF(code);
+    return flagged;
+}
+
 /* Whether `await o` can work: what a relay accepts as its inner awaitable. */
 static int mediator_is_awaitable(PyObject *o)
 {
     PyTypeObject *type = Py_TYPE(o);
-    return PyCoro_CheckExact(o) || (type->tp_as_async != NULL && type->tp_as_async->am_await != NULL);
+    return PyCoro_CheckExact(o) || (type->tp_as_async != NULL && type->tp_as_async->am_await != NULL)
+        || relay_is_iterable_coroutine(o);
 }
 
-/* What `await awaitable` iterates: a coroutine (or relay) itself, else its __await__(). */
+/* What `await awaitable` iterates: a coroutine (or relay, or generator-based coroutine)
+   itself, else its __await__(). */
 static PyObject *relay_await_iter(PyObject *awaitable)
 {
     PyTypeObject *type = Py_TYPE(awaitable);
     PyObject *iter;
-    if (RELAY_OWN_ITERATOR(awaitable)) {
+    if (RELAY_OWN_ITERATOR(awaitable) || relay_is_iterable_coroutine(awaitable)) {
         Py_INCREF(awaitable);
         return awaitable;
     }
@@ -160,7 +189,7 @@ static void relay_raise_thrown(PyObject *args)
 }
 
 /* One step of the iterator: send `arg`, or throw `args` (a tuple) when it is not NULL. */
-static int relay_advance(PyObject *iter, PyObject *arg, PyObject *args, PyObject **value)
+static int relay_advance_once(PyObject *iter, PyObject *arg, PyObject *args, PyObject **value)
 {
     if (args == NULL) {
 #if PY_VERSION_HEX >= 0x030A0000
@@ -198,6 +227,51 @@ static int relay_advance(PyObject *iter, PyObject *arg, PyObject *args, PyObject
     }
 }
 
+/* relay_advance_once, counted against the recursion limit (see RELAY_RECURSION_WHERE). */
+static int relay_advance(PyObject *iter, PyObject *arg, PyObject *args, PyObject **value)
+{
+    int status;
+    if (Py_EnterRecursiveCall(RELAY_RECURSION_WHERE)) {
+        *value = NULL;
+        return RELAY_ERROR;
+    }
+    status = relay_advance_once(iter, arg, args, value);
+    Py_LeaveRecursiveCall();
+    return status;
+}
+
+/* Raise `error` (a reference stolen), as relay_fetch_error took it. */
+static void relay_restore_error(PyObject *error)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    PyErr_SetRaisedException(error);
+#else
+    PyObject *type = (PyObject *)Py_TYPE(error);
+    Py_INCREF(type);
+    PyErr_Restore(type, error, PyException_GetTraceback(error));
+#endif
+}
+
+/* A relay ends as a coroutine would: a StopIteration its hooks or start raised must not
+   leave it (asyncio would take it for a return, or could not store it in the task), so it
+   becomes RuntimeError('coroutine raised StopIteration'), caused by it, as PEP 479 says. */
+static void relay_no_stop_iteration(void)
+{
+    PyObject *stop, *error;
+    if (!PyErr_Occurred() || !PyErr_ExceptionMatches(PyExc_StopIteration)) return;
+    stop = relay_fetch_error();
+    PyErr_SetString(PyExc_RuntimeError, "coroutine raised StopIteration");
+    error = relay_fetch_error();
+    if (error == NULL) {
+        Py_DECREF(stop);
+        return;
+    }
+    Py_INCREF(stop);
+    PyException_SetContext(error, stop);  /* both steal a reference */
+    PyException_SetCause(error, stop);
+    relay_restore_error(error);
+}
+
 static void relay_release(MediatorRelay *self)
 {
     Py_CLEAR(self->inner);
@@ -230,7 +304,9 @@ RELAY_INLINE int relay_finish(MediatorRelay *self, int status, PyObject *value, 
     }
     Py_DECREF(owner);
     Py_DECREF(subject);
-    return *out != NULL ? RELAY_RETURN : RELAY_ERROR;
+    if (*out != NULL) return RELAY_RETURN;
+    relay_no_stop_iteration();
+    return RELAY_ERROR;
 }
 
 /* A deferred relay's first step: its start function runs. RELAY_NEXT: the inner awaitable
@@ -264,7 +340,7 @@ static int relay_step(MediatorRelay *self, PyObject *arg, PyObject *throw_args, 
     int status;
     *out = NULL;
     if (self->running) {
-        PyErr_SetString(PyExc_ValueError, "relay already executing");
+        PyErr_SetString(PyExc_ValueError, "coroutine already executing");
         return RELAY_ERROR;
     }
     if (self->start != NULL) {
@@ -282,8 +358,15 @@ static int relay_step(MediatorRelay *self, PyObject *arg, PyObject *throw_args, 
         if (status != RELAY_NEXT) return status;
     }
     if (self->inner == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited relay");
+        PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited coroutine");
         return RELAY_ERROR;
+    }
+    if (self->fresh) {
+        if (arg != Py_None && throw_args == NULL) {  /* refused, and nothing changes: as a coroutine */
+            PyErr_SetString(PyExc_TypeError, "can't send non-None value to a just-started coroutine");
+            return RELAY_ERROR;
+        }
+        self->fresh = 0;
     }
     if (!self->started) {
         iter = relay_await_iter(self->inner);
@@ -357,7 +440,7 @@ static PyObject *relay_close(MediatorRelay *self, PyObject *unused)
 {
     PyObject *inner = self->inner, *owner, *subject, *result;
     if (self->running) {
-        PyErr_SetString(PyExc_ValueError, "relay already executing");
+        PyErr_SetString(PyExc_ValueError, "coroutine already executing");
         return NULL;
     }
     if (inner == NULL || self->start != NULL) {  /* done, or a deferred relay never begun */
@@ -402,11 +485,22 @@ static PySendResult relay_am_send(MediatorRelay *self, PyObject *arg, PyObject *
     }
     inner = self->inner;
     /* The common case, a started coroutine (or relay) inside, is sent to directly. */
-    if (self->started && !self->running && inner != NULL && Py_TYPE(inner)->tp_as_async != NULL
-            && Py_TYPE(inner)->tp_as_async->am_send != NULL) {
+    if (self->started && !self->running && inner != NULL && (arg == Py_None || !self->fresh)
+            && Py_TYPE(inner)->tp_as_async != NULL && Py_TYPE(inner)->tp_as_async->am_send != NULL) {
+        self->fresh = 0;
         Py_INCREF(inner);
         self->running = 1;
-        sent = Py_TYPE(inner)->tp_as_async->am_send(inner, arg, &value);
+        if (RELAY_CHECK(inner)) {  /* a relay inside: see RELAY_RECURSION_WHERE */
+            if (Py_EnterRecursiveCall(RELAY_RECURSION_WHERE)) {
+                sent = PYGEN_ERROR;
+                value = NULL;
+            } else {
+                sent = Py_TYPE(inner)->tp_as_async->am_send(inner, arg, &value);
+                Py_LeaveRecursiveCall();
+            }
+        } else {
+            sent = Py_TYPE(inner)->tp_as_async->am_send(inner, arg, &value);
+        }
         self->running = 0;
         Py_DECREF(inner);
         if (sent == PYGEN_NEXT) {
