@@ -352,12 +352,6 @@ def test_registering_objects_whose_repr_fails_raises_the_registration_error():
 # --- exception chains of error hooks --------------------------------------------------------
 
 
-# The compiled half of issue 14 item 6 (a compiled error hook does not run with the error it
-# is given as the one handled; a dispatch awaited in an ``except`` block takes the caller's
-# error as context) is fixed on another branch: drop this mark once both are merged.
-COMPILED_CHAIN = pytest.mark.xfail(mediator.COMPILED, reason="compiled half of issue 14 item 6", strict=False)
-
-
 def chain(error):
     """The ``__context__`` chain of ``error`` as ``(type, args)`` pairs."""
     links = []
@@ -390,10 +384,7 @@ def catching_inside(kind, message):
     "outer",
     [
         raising,
-        pytest.param(
-            catching_inside,
-            marks=COMPILED_CHAIN,
-        ),
+        catching_inside,
     ],
 )
 def test_two_error_hooks_that_raise_chain_as_nested_try_blocks(outer):
@@ -431,7 +422,6 @@ def test_two_error_hooks_that_raise_chain_as_nested_try_blocks(outer):
     assert [kind for kind, _ in engine][:2] == [Outer, KeyError if outer is catching_inside else Inner]
 
 
-@COMPILED_CHAIN
 @pytest.mark.parametrize("outer", [raising, None])
 def test_an_after_hook_raising_inside_its_own_except_keeps_its_chain(outer):
     """An error hook around a failing ``after`` sees (and chains to) the error as raised."""

@@ -356,13 +356,7 @@ CHAINS = [
     pytest.param([Raise("error", "replaced")], id="replaced-by-an-error-hook"),
     pytest.param([Raise("error", "replaced"), Raise("after", "after failed")], id="an-after-failure-replaced"),
     pytest.param([Raise("error", "replaced"), Raise("before", "refused")], id="a-before-failure-replaced"),
-    pytest.param(
-        [Raise("error", "outer"), Raise("error", "inner")],
-        id="replaced-twice",
-        marks=pytest.mark.xfail(
-            not mediator.COMPILED, reason="the pure half of issue 14 item 6 (two error hooks): another branch", strict=False
-        ),
-    ),
+    pytest.param([Raise("error", "outer"), Raise("error", "inner")], id="replaced-twice"),
 ]
 
 
