@@ -8,7 +8,7 @@ on the plan and one vectorcall of the handler, whose own coroutine is returned.
 cimport cython
 from cpython.contextvars cimport PyContext_CopyCurrent, PyContext_Enter, PyContext_Exit
 from cpython.exc cimport PyErr_Occurred
-from cpython.ref cimport PyObject, Py_REFCNT, Py_XDECREF
+from cpython.ref cimport PyObject, Py_XDECREF
 from cpython.unicode cimport PyUnicode_GET_LENGTH
 
 import asyncio
@@ -69,10 +69,21 @@ cdef extern from *:
     }
     /* A new reference the caller already owns, handed to Cython as an object. */
     static PyObject *mediator_own(PyObject *o) { return o; }
+    /* Whether the caller's reference is the only one (the engine then reuses the object).
+       The objects asked about are held by a relay, never by a frame's stack, so CPython
+       3.14's borrowed stack references cannot hide behind a count of 1; from 3.14 on the
+       public PyUnstable_Object_IsUniquelyReferenced says it, correct on free-threading
+       builds too, where Py_REFCNT alone is not. */
+    #if PY_VERSION_HEX >= 0x030E0000
+    #define mediator_sole_reference(o) PyUnstable_Object_IsUniquelyReferenced(o)
+    #else
+    #define mediator_sole_reference(o) (Py_REFCNT(o) == 1)
+    #endif
     /* Raise the error that is already set (Cython sees NULL and unwinds). */
     static PyObject *raise_pending(void) { return NULL; }
     """
     object mediator_own(PyObject *o)
+    bint mediator_sole_reference(object o)
     object raise_pending()
 
 cdef extern from *:
@@ -642,10 +653,10 @@ cdef object _unwrap_result(object route, object action, object result):
             f"a modifier must return an ActionResult"
         )
     value = (<ActionResult>result).result
-    if _spare_result is None and type(result) is ActionResult and Py_REFCNT(result) == 1:
+    if _spare_result is None and type(result) is ActionResult and mediator_sole_reference(result):
         (<ActionResult>result).result = None  # ``value`` still holds it: nothing is freed here
         _spare_result = <ActionResult>result
-    if _spare_action is None and Py_REFCNT(action) == 1:
+    if _spare_action is None and mediator_sole_reference(action):
         (<ActionSubject>action).subject = None
         (<ActionSubject>action)._inject = None
         if _spare_action is None:  # freeing the subject may have run code that dispatched

@@ -60,19 +60,32 @@ static PyTypeObject MediatorDeferred_Type;
    RecursionError instead of overflowing the C stack. */
 #define RELAY_RECURSION_WHERE " in a mediator dispatch"
 
-/* Relays live for one dispatch: a few are kept for reuse instead of going back to malloc. */
+/* Relays live for one dispatch: a few are kept for reuse instead of going back to malloc.
+   Reviving one takes the private _Py_NewReference; from CPython 3.14 on (free-threading
+   builds, a reference tracer that must see every new object) relays go back to the
+   allocator instead, through public calls only (MEDIATOR_NO_FREELIST=1 in CFLAGS builds
+   that path on older versions, to test it). */
+#if PY_VERSION_HEX >= 0x030E0000 || defined(MEDIATOR_NO_FREELIST)
+#define RELAY_FREELIST_SIZE 0
+#else
 #define RELAY_FREELIST_SIZE 16
+#endif
+#if RELAY_FREELIST_SIZE > 0
 static MediatorRelay *relay_freelist[RELAY_FREELIST_SIZE];
 static int relay_freelist_count = 0;
+#endif
 
 RELAY_INLINE PyObject *mediator_relay(PyObject *inner, PyObject *owner, PyObject *subject,
                                 mediator_relay_fn on_return, mediator_relay_fn on_error)
 {
     MediatorRelay *self;
+#if RELAY_FREELIST_SIZE > 0
     if (relay_freelist_count > 0) {
         self = relay_freelist[--relay_freelist_count];
         _Py_NewReference((PyObject *)self);  /* its type is still set: as CPython's own freelists do */
-    } else {
+    } else
+#endif
+    {
         self = PyObject_GC_New(MediatorRelay, &MediatorRelay_Type);
         if (self == NULL) return NULL;
         self->start = NULL;  /* a relay on the freelist has none: a deferred one clears it as it begins or goes */
@@ -560,11 +573,13 @@ static void relay_dealloc(MediatorRelay *self)
 {
     PyObject_GC_UnTrack(self);
     relay_release(self);
+#if RELAY_FREELIST_SIZE > 0
     if (relay_freelist_count < RELAY_FREELIST_SIZE) {
         relay_freelist[relay_freelist_count++] = self;
-    } else {
-        PyObject_GC_Del(self);
+        return;
     }
+#endif
+    PyObject_GC_Del(self);
 }
 
 /* A deferred relay dropped before it began warns as a coroutine would; then it goes the
