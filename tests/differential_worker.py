@@ -143,9 +143,15 @@ class _Records(logging.Handler):
         self.records.append([record.name, record.levelname, message, describe(error) if error else None])
 
 
+def _creation(task: "asyncio.Task[Any]") -> int:
+    """Tasks in the order they were made (``all_tasks`` is a set: its order varies)."""
+    number = task.get_name().rpartition("-")[2]
+    return int(number) if number.isdigit() else -1
+
+
 def _finish(loop: asyncio.AbstractEventLoop, trace: _Trace) -> None:
     """Cancel what the program left running (it is logged), as ``asyncio.run`` does."""
-    left = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    left = sorted((task for task in asyncio.all_tasks(loop) if not task.done()), key=_creation)
     if left:
         trace.lines.append(["tasks left running", len(left)])
         for task in left:

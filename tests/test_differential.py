@@ -393,7 +393,7 @@ def programs(draw: Any) -> Program:
             options.append(f'strategy="{strategy}"')
         if draw(st.booleans()):
             out(0, "def on_error(error, event, handler):")
-            out(1, 'log("on_error", error, event, handler.__name__)')
+            out(1, 'log("on_error", error, event, handler)')
             out(0, "")
             options.append("on_error=on_error")
         if draw(st.booleans()):
