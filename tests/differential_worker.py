@@ -30,11 +30,13 @@ from mediator.event import LocalEventBus
 from mediator.request import LocalRequestBus
 
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]+")
+_TASK = re.compile(r"Task-[0-9]+")
+_DEFINED = re.compile(r" done, defined at [^>]*>")
 
 
 def normalise(text: str) -> str:
-    """Blank out what must differ between two processes: object addresses."""
-    return _ADDRESS.sub("0x?", text)
+    """Blank out what must differ between two processes: object addresses, task numbers."""
+    return _DEFINED.sub(" done>", _TASK.sub("Task-?", _ADDRESS.sub("0x?", text)))
 
 
 def safe(fn: Any, obj: Any) -> str:

@@ -15,6 +15,7 @@ compared where the compiled engine is not built (PyPy): that test skips, saying 
 
 import json
 import os
+import platform
 import select
 import subprocess
 import sys
@@ -23,9 +24,9 @@ from typing import Any, Callable, Dict, List, Optional
 
 import pytest
 
-hypothesis = pytest.importorskip("hypothesis")  # the `test` extra installs it
-from hypothesis import HealthCheck, given, seed, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+import hypothesis  # the `test` extra installs it: never skipped for want of it
+from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import strategies as st
 
 # --------------------------------------------------------------------------------------
 # KNOWN divergences, reported in issue 14 and being fixed on other branches. Each switch
@@ -37,7 +38,6 @@ KNOWN: Dict[str, str] = {
         "items 1 and 5: StopIteration raised by a hook or a plain def handler (compiled: the "
         "task wedges; pure, concurrent: the error is dropped)"
     ),
-    "cancelled-sync-handler": "item 3: a plain def handler raising CancelledError escapes a background publish",
     "subject-with-raising-repr": "item 4: an event whose repr raises aborts supervision",
     "await-in-except": "item 6 (compiled): a hooked dispatch awaited in an except block takes the caller's error as context",
     "raising-error-hooks": "item 6 (pure): with two error hooks that raise, the outer one's __context__ skips the inner",
@@ -45,12 +45,22 @@ KNOWN: Dict[str, str] = {
     "generator-coroutine": "item 9: @types.coroutine layers and strategies are refused by the compiled engine",
     "non-dict-inject": "item 11: a layer replacing inject with a non-dict mapping (TypeError on compiled only)",
     "await-twice": "item 11: awaiting a dispatch twice says 'relay' on compiled, 'coroutine' on pure",
-    "warning-text": "item 11: 'never awaited' warnings name engine internals on pure (only categories compared)",
+    "warning-text": (
+        "item 11 (and new): 'never awaited' warnings name engine internals on pure; and a "
+        "dispatch that can only fail (no handler, a stream handler's execute) dropped unawaited "
+        "warns on pure ('_raise') but not on compiled. 'never awaited' warnings are not compared"
+    ),
     # Found by this test, not in the issue:
     "error-hook-raising-base-exception": (
         "new (compiled): a Hook's error stage that raises a BaseException (CancelledError, "
         "SystemExit...) loses the handler's error as its __context__ (Route._unwind chains "
         "only an Exception); pure chains it, as an except block written by hand does"
+    ),
+    "base-exception-in-awaited-publish": (
+        "new (both engines, which run is lost differs): a handler raising a BaseException other "
+        "than CancelledError (SystemExit, KeyboardInterrupt...) in a concurrent publish makes "
+        "publish raise it at once, leaving the handlers already suspended running unsupervised: "
+        "their failures end as 'Task exception was never retrieved'"
     ),
     "unstarted-pipeline-close": (
         "new: a dispatch through a ModifierFactory layer closed (or its task cancelled) before it "
@@ -58,6 +68,12 @@ KNOWN: Dict[str, str] = {
         "outer layer at execute() and drops its coroutine unawaited"
     ),
 }
+
+
+# MEDIATOR_FUZZ_KNOWN_OFF=name,name (or "all") generates those features anyway: to check a fix.
+_OFF = os.environ.get("MEDIATOR_FUZZ_KNOWN_OFF", "")
+for _name in list(KNOWN) if _OFF == "all" else [name for name in _OFF.split(",") if name]:
+    KNOWN.pop(_name)  # a KeyError names a switch that does not exist
 
 
 def allowed(feature: str) -> bool:
@@ -69,11 +85,14 @@ def allowed(feature: str) -> bool:
 # --------------------------------------------------------------------------------------
 FUZZ = os.environ.get("MEDIATOR_FUZZ", "").lower() not in ("", "0", "false", "no")
 EXAMPLES = int(os.environ.get("MEDIATOR_FUZZ_EXAMPLES", "5000" if FUZZ else "250"))
+SHRINK = os.environ.get("MEDIATOR_FUZZ_SHRINK", "1").lower() not in ("", "0", "false", "no")
 PROFILE = settings(
     max_examples=EXAMPLES,
     deadline=None,
     database=None if not FUZZ else hypothesis.database.DirectoryBasedExampleDatabase(".hypothesis/differential"),
     print_blob=True,
+    # MEDIATOR_FUZZ_SHRINK=0: report the first failing program as found (quicker, longer)
+    phases=[phase for phase in hypothesis.Phase if phase != hypothesis.Phase.shrink or SHRINK],
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large, HealthCheck.filter_too_much],
 )
 LEG_SEED = 0xD1FF + (1 if os.environ.get("MEDIATOR_NO_EXTENSIONS") else 0)  # each leg its own programs
@@ -118,12 +137,12 @@ def draw_error(draw: Any, name: str, choices: List[str]) -> str:
     return raised
 
 
-def error_choices(*, sync_or_hook: bool, cancelled: bool = True) -> List[str]:
+def error_choices(state: "State", *, sync_or_hook: bool) -> List[str]:
     choices = list(HANDLER_ERRORS)
+    if not state.request and not allowed("base-exception-in-awaited-publish"):
+        choices.remove("Fatal")
     if sync_or_hook and not allowed("stopiteration-sync-or-hook"):
         choices.remove("StopIteration")
-    if not cancelled:
-        choices.remove("asyncio.CancelledError")
     return choices
 
 
@@ -131,6 +150,7 @@ class State:
     """What the program drawn so far has, for the draws that depend on it."""
 
     def __init__(self) -> None:
+        self.request = False
         self.raising_error_hooks = 0
         self.factories = 0
         self.counter = 0
@@ -146,7 +166,7 @@ def draw_hook(draw: Any, out: Writer, state: State) -> str:
     stages = draw(st.sets(st.sampled_from(["before", "after", "error"]), min_size=0, max_size=3))
     if not stages:
         out(1, "pass")
-    errors = error_choices(sync_or_hook=True)
+    errors = error_choices(state, sync_or_hook=True)
     if "before" in stages:
         out(1, "def before(self, subject, inject):")
         out(2, f'log("{name}.before", subject, sorted(inject))')
@@ -210,7 +230,7 @@ def draw_factory(draw: Any, out: Writer, state: State) -> str:
     if draw(st.booleans()):
         out(3, "await asyncio.sleep(0)")
     if draw(st.integers(0, 6)) == 0:
-        out(3, "raise " + draw_error(draw, f"{name}.in", error_choices(sync_or_hook=False)))
+        out(3, "raise " + draw_error(draw, f"{name}.in", error_choices(state, sync_or_hook=False)))
     catch = draw(st.sampled_from(["none", "recover", "reraise", "replace"]))
     if catch == "none":
         out(3, "result = await call(action)")
@@ -284,7 +304,7 @@ def draw_handler(draw: Any, out: Writer, state: State, request: bool, cls: str, 
                 out(1, "await asyncio.sleep(0)")
             out(1, f'yield "{name}.{item}"')
         if draw(st.booleans()):
-            out(1, "raise " + draw_error(draw, name, error_choices(sync_or_hook=False)))
+            out(1, "raise " + draw_error(draw, name, error_choices(state, sync_or_hook=False)))
         out(0, "")
         return
     if kind == "async":
@@ -299,8 +319,9 @@ def draw_handler(draw: Any, out: Writer, state: State, request: bool, cls: str, 
     elif end == "awaitable":
         out(1, f'return later("{name} later")')
     else:
-        cancelled = kind != "sync" or request or allowed("cancelled-sync-handler")
-        errors = error_choices(sync_or_hook=kind == "sync", cancelled=cancelled)
+        # item 3 (a sync handler's CancelledError escapes a background publish) is the same on
+        # both engines: no divergence to exclude
+        errors = error_choices(state, sync_or_hook=kind == "sync")
         out(1, "raise " + draw_error(draw, name, errors))
     out(0, "")
 
@@ -322,7 +343,7 @@ def draw_dispatch(draw: Any, out: Writer, state: State, index: int, request: boo
         return f"bus.{'execute' if request else 'publish'}({', '.join(args)})"
 
     unstarted = allowed("unstarted-pipeline-close") or not state.factories
-    modes = ["await", "await", "gather", "task", "cancel"] + (["close"] if unstarted else [])
+    modes = ["await", "await", "gather", "task", "cancel"] + (["close", "drop"] if unstarted else [])
     if request:
         modes.append("stream")
     if allowed("await-in-except"):
@@ -349,6 +370,8 @@ def draw_dispatch(draw: Any, out: Writer, state: State, index: int, request: boo
         out(1, f"{label} = {call()}")
         out(1, f"{label}.close()")
         out(1, f"del {label}")
+    elif mode == "drop":  # never awaited: a RuntimeWarning
+        out(1, f"{call()}")
     elif mode == "stream":
         cls = draw(st.sampled_from(subjects))
         limit = draw(st.integers(0, 3))
@@ -368,7 +391,7 @@ def draw_dispatch(draw: Any, out: Writer, state: State, index: int, request: boo
 def programs(draw: Any) -> Program:
     out = Writer()
     state = State()
-    request = draw(st.booleans())
+    request = state.request = draw(st.booleans())
     out(0, "async def later(value):")
     out(1, "await asyncio.sleep(0)")
     out(1, "return value")
@@ -455,7 +478,7 @@ def draw_strategy(draw: Any, out: Writer) -> None:
 # The two engines, each in a worker process that runs program after program.
 # --------------------------------------------------------------------------------------
 WORKER = Path(__file__).with_name("differential_worker.py")
-TIMEOUT = 30.0  # seconds a program may take: far more than any needs; past it, it hangs
+TIMEOUT = 10.0  # seconds a program may take: far more than any needs; past it, it hangs
 
 
 class Engine:
@@ -520,6 +543,11 @@ class Engine:
 
 @pytest.fixture(scope="module")
 def engines():
+    if platform.python_implementation() != "CPython":
+        pytest.skip(
+            f"the compiled engine does not exist on {platform.python_implementation()}: "
+            "there is no second engine to compare the pure one with"
+        )
     compiled, pure = Engine(pure=False), Engine(pure=True)
     try:
         compiled.start()
@@ -542,7 +570,7 @@ def engines():
 
 def comparable(trace: Dict[str, Any]) -> Dict[str, Any]:
     if not allowed("warning-text") and "warnings" in trace:
-        trace = dict(trace, warnings=[category for category, _ in trace["warnings"]])
+        trace = dict(trace, warnings=[warning for warning in trace["warnings"] if "never awaited" not in warning[1]])
     return trace
 
 
