@@ -367,10 +367,13 @@ class PipelineRoute:
         action = _new(ActionSubject)
         action.subject = subject
         action.inject = inject
-        return _unwrap(self, self.pipeline(action))
+        return _unwrap(self, self.pipeline, action)
 
 
-async def _unwrap(route: PipelineRoute, awaitable: Any) -> Any:
+async def _unwrap(route: PipelineRoute, pipeline: Callable[[ActionSubject], Any], action: ActionSubject) -> Any:
+    """Run the stack when awaited: its coroutine is made here, never left unawaited when the
+    dispatch is closed or cancelled before it starts (as the compiled relay closes it)."""
+    awaitable = pipeline(action)
     try:
         result = await awaitable
     except TypeError:
@@ -451,7 +454,7 @@ class RequestDispatcher:
                 action = _new(ActionSubject)
                 action.subject = obj
                 action.inject = inject
-                return _unwrap(route, fn(action))
+                return _unwrap(route, fn, action)
             return _raise(_stream_misuse(route, obj))  # neither: a stream's route
         except Exception as error:  # raise at await time, as an async call would
             return _raise(error)
