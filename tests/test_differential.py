@@ -62,11 +62,6 @@ KNOWN: Dict[str, str] = {
         "publish raise it at once, leaving the handlers already suspended running unsupervised: "
         "their failures end as 'Task exception was never retrieved'"
     ),
-    "unstarted-pipeline-close": (
-        "new: a dispatch through a ModifierFactory layer closed (or its task cancelled) before it "
-        "starts warns 'coroutine <layer> was never awaited' on pure only: pure calls the stack's "
-        "outer layer at execute() and drops its coroutine unawaited"
-    ),
 }
 
 
@@ -152,7 +147,6 @@ class State:
     def __init__(self) -> None:
         self.request = False
         self.raising_error_hooks = 0
-        self.factories = 0
         self.counter = 0
 
     def name(self, prefix: str) -> str:
@@ -197,7 +191,6 @@ def draw_hook(draw: Any, out: Writer, state: State) -> str:
 
 def draw_factory(draw: Any, out: Writer, state: State) -> str:
     name = state.name("M")
-    state.factories += 1
     kinds = ["async"]
     if allowed("plain-function-layer"):
         kinds.append("plain")
@@ -342,8 +335,7 @@ def draw_dispatch(draw: Any, out: Writer, state: State, index: int, request: boo
         args += [f"{kwarg}={index}" for kwarg in kwargs]
         return f"bus.{'execute' if request else 'publish'}({', '.join(args)})"
 
-    unstarted = allowed("unstarted-pipeline-close") or not state.factories
-    modes = ["await", "await", "gather", "task", "cancel"] + (["close", "drop"] if unstarted else [])
+    modes = ["await", "await", "gather", "task", "cancel", "close", "drop"]
     if request:
         modes.append("stream")
     if allowed("await-in-except"):
@@ -362,7 +354,7 @@ def draw_dispatch(draw: Any, out: Writer, state: State, index: int, request: boo
         later.append(label)
     elif mode == "cancel":
         out(1, f"{label} = asyncio.ensure_future({call()})")
-        for _ in range(draw(st.integers(0 if unstarted else 1, 3))):
+        for _ in range(draw(st.integers(0, 3))):
             out(1, "await asyncio.sleep(0)")
         out(1, f"{label}.cancel()")
         out(1, f'await outcome("{label}", {label})')
