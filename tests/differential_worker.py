@@ -8,7 +8,7 @@ loggers received, and the warnings raised. Object addresses are blanked out, not
 
 A program is Python source that defines ``async def main()``; it runs in a fresh event
 loop with the names of ``PRELUDE`` (the mediator API, ``log``, ``outcome``, the subject
-classes ``A``, ``B(A)``, ``C`` and the exceptions ``Boom``, ``Fatal``, ``BadRepr``).
+classes ``A``, ``B(A)``, ``C``, ``Twin`` (equal to ``A``), ``BadSubject`` and the exceptions ``Boom``, ``Fatal``, ``BadRepr``).
 """
 
 import asyncio
@@ -90,6 +90,26 @@ class C:
 
     def __repr__(self) -> str:
         return f"C({self.n})"
+
+
+class _EqualToA(type):
+    """A metaclass making its classes equal (and hash-equal) to ``A``."""
+
+    def __eq__(cls, other: Any) -> bool:
+        return other is A or other is cls
+
+    def __hash__(cls) -> int:
+        return hash(A)
+
+
+class Twin(metaclass=_EqualToA):
+    """Not a subclass of ``A``, but a class equal to it: a dict keyed by ``A`` finds it."""
+
+    def __init__(self, n: int = 0) -> None:
+        self.n = n
+
+    def __repr__(self) -> str:
+        return f"Twin({self.n})"
 
 
 class BadSubject(A):
@@ -209,6 +229,7 @@ PRELUDE: Dict[str, Any] = {
     "B": B,
     "C": C,
     "BadSubject": BadSubject,
+    "Twin": Twin,
     "Boom": Boom,
     "Fatal": Fatal,
     "BadRepr": BadRepr,

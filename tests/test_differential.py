@@ -41,6 +41,7 @@ KNOWN: Dict[str, str] = {
     "subject-with-raising-repr": "item 4: an event whose repr raises aborts supervision",
     "await-in-except": "item 6 (compiled): a hooked dispatch awaited in an except block takes the caller's error as context",
     "raising-error-hooks": "item 6 (pure): with two error hooks that raise, the outer one's __context__ skips the inner",
+    "metaclass-equality": "item 8: compiled execute ignores a metaclass's equality (a class equal to a registered one)",
     "plain-function-layer": "item 7: a pass-through layer written as a plain function runs at execute(), not at await",
     "generator-coroutine": "item 9: @types.coroutine layers and strategies are refused by the compiled engine",
     "non-dict-inject": "item 11: a layer replacing inject with a non-dict mapping (TypeError on compiled only)",
@@ -79,7 +80,7 @@ def allowed(feature: str) -> bool:
 # Profiles: quick and reproducible for `make test`, long and random for `make fuzz`.
 # --------------------------------------------------------------------------------------
 FUZZ = os.environ.get("MEDIATOR_FUZZ", "").lower() not in ("", "0", "false", "no")
-EXAMPLES = int(os.environ.get("MEDIATOR_FUZZ_EXAMPLES", "5000" if FUZZ else "250"))
+EXAMPLES = int(os.environ.get("MEDIATOR_FUZZ_EXAMPLES", "5000" if FUZZ else "600"))
 SHRINK = os.environ.get("MEDIATOR_FUZZ_SHRINK", "1").lower() not in ("", "0", "false", "no")
 PROFILE = settings(
     max_examples=EXAMPLES,
@@ -180,7 +181,7 @@ def draw_hook(draw: Any, out: Writer, state: State) -> str:
         out(1, "def error(self, subject, error):")
         out(2, f'log("{name}.error", subject, error)')
         may_raise = allowed("raising-error-hooks") or state.raising_error_hooks == 0
-        if may_raise and draw(st.integers(0, 3)) == 0:
+        if may_raise and draw(st.booleans()):
             state.raising_error_hooks += 1
             if not allowed("error-hook-raising-base-exception"):
                 errors = [error for error in errors if error not in ("asyncio.CancelledError", "Fatal")]
@@ -324,6 +325,7 @@ SUBJECTS = ["A", "B", "C"]
 
 def draw_dispatch(draw: Any, out: Writer, state: State, index: int, request: bool, later: List[str]) -> None:
     subjects = SUBJECTS + (["BadSubject"] if allowed("subject-with-raising-repr") else [])
+    subjects += ["Twin"] if allowed("metaclass-equality") else []
     label = f"d{index}"
 
     def call() -> str:
