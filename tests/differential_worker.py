@@ -7,7 +7,7 @@ order, results, errors with their chains and notes), what the ``mediator`` and `
 loggers received, and the warnings raised. Object addresses are blanked out, nothing else.
 
 A program is Python source that defines ``async def main()``; it runs in a fresh event
-loop with the names of ``PRELUDE`` (the mediator API, ``log``, ``outcome``, the subject
+loop with the names of ``PRELUDE`` (the mediator API and its ``retry`` and ``timeout``, ``log``, ``outcome``, the subject
 classes ``A``, ``B(A)``, ``C``, ``Twin`` (equal to ``A``), ``BadSubject`` and the exceptions ``Boom``, ``Fatal``, ``BadRepr``).
 """
 
@@ -27,6 +27,7 @@ from mediator.common.factory import CallableHandlerPolicy
 from mediator.common.types import ActionResult, ActionSubject
 from mediator.errors import EventHandlerErrors
 from mediator.event import LocalEventBus
+from mediator.modifiers import retry, timeout
 from mediator.request import LocalRequestBus
 
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]+")
@@ -230,6 +231,8 @@ PRELUDE: Dict[str, Any] = {
     "C": C,
     "BadSubject": BadSubject,
     "Twin": Twin,
+    "retry": retry,
+    "timeout": timeout,
     "Boom": Boom,
     "Fatal": Fatal,
     "BadRepr": BadRepr,

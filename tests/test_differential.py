@@ -42,7 +42,11 @@ KNOWN: Dict[str, str] = {
     "await-in-except": "item 6 (compiled): a hooked dispatch awaited in an except block takes the caller's error as context",
     "raising-error-hooks": "item 6 (pure): with two error hooks that raise, the outer one's __context__ skips the inner",
     "metaclass-equality": "item 8: compiled execute ignores a metaclass's equality (a class equal to a registered one)",
-    "plain-function-layer": "item 7: a pass-through layer written as a plain function runs at execute(), not at await",
+    "plain-function-layer": (
+        "item 7 (compiled): a plain def handler runs when a layer calls call(action), not when that "
+        "is awaited: behind a pass-through layer written as a plain function it runs at execute(); "
+        "behind timeout() (which makes call(action) a task) before the task starts"
+    ),
     "generator-coroutine": "item 9: @types.coroutine layers and strategies are refused by the compiled engine",
     "non-dict-inject": "item 11: a layer replacing inject with a non-dict mapping (TypeError on compiled only)",
     "await-twice": "item 11: awaiting a dispatch twice says 'relay' on compiled, 'coroutine' on pure",
@@ -255,10 +259,15 @@ def draw_factory(draw: Any, out: Writer, state: State) -> str:
 def draw_layers(draw: Any, out: Writer, state: State, most: int) -> List[str]:
     layers = []
     for _ in range(draw(st.integers(0, most))):
-        if draw(st.booleans()):
+        kind = draw(st.sampled_from(["hook", "factory", "hook", "factory", "ready"]))
+        if kind == "hook":
             layers.append(draw_hook(draw, out, state))
-        else:
+        elif kind == "factory":
             layers.append(draw_factory(draw, out, state))
+        else:  # the ready modifiers (no real deadline is ever reached: nothing here waits)
+            ready = ["retry(2)", "retry(3, on=(Boom, KeyError))"]
+            ready += ["timeout(60)"] if allowed("plain-function-layer") else []
+            layers.append(draw(st.sampled_from(ready)))
     return layers
 
 
@@ -304,7 +313,7 @@ def draw_handler(draw: Any, out: Writer, state: State, request: bool, cls: str, 
     if kind == "async":
         for _ in range(draw(st.integers(0, 2))):
             out(1, "await asyncio.sleep(0)")
-        if cls != "C" and draw(st.integers(0, 4)) == 0:
+        if cls not in ("C", "object") and draw(st.integers(0, 4)) == 0:  # C's handlers do not nest
             nested = "bus.execute(C(99))" if request else "bus.publish(C(99))"
             out(1, f'await outcome("{name} nested", {nested})')
     end = draw(st.sampled_from(["return", "raise", "awaitable"] if kind == "sync" else ["return", "raise"]))
@@ -426,7 +435,7 @@ def programs(draw: Any) -> Program:
     out(0, "")
     taken: List[str] = []
     for _ in range(draw(st.integers(1, 4))):
-        free = [cls for cls in SUBJECTS if cls not in taken] if request else SUBJECTS
+        free = [cls for cls in SUBJECTS + ["object"] if cls not in taken or not request]
         if not free:
             break
         cls = draw(st.sampled_from(free))
