@@ -69,7 +69,7 @@ KNOWN: Dict[str, str] = {
         "only an Exception); pure chains it, as an except block written by hand does"
     ),
     "base-exception-in-awaited-publish": (
-        "new (both engines, which run is lost differs): a handler raising a BaseException other "
+        "new (both engines; which run is lost differs): a handler raising a BaseException other "
         "than CancelledError (SystemExit, KeyboardInterrupt...) in a concurrent publish makes "
         "publish raise it at once, leaving the handlers already suspended running unsupervised: "
         "their failures end as 'Task exception was never retrieved'"
@@ -629,4 +629,6 @@ def test_engines_agree_on_random_programs(engines: Any, program: Program) -> Non
     right = comparable(pure.run(program.source))
     for engine, trace in (("compiled", left), ("pure", right)):  # a bug on either, even on both
         assert "hung" not in trace and "crashed" not in trace, f"{engine}: {trace}\n{program.source}"
+        lost = [record for record in trace["logged"] if "never retrieved" in record[2]]
+        assert not lost, f"{engine} lost errors: {lost}\n{program.source}"
     assert left == right, "the engines disagree on this program:\n" + program.source + "\n" + difference(left, right)
