@@ -1,6 +1,7 @@
 # The two commands of the README:
 #   make demo   set up a virtualenv (compiled engine) and run the main demo
 #   make test   every test: compiled engine, pure engine, PyPy, typing (mypy, pyright), packaging
+#   make fuzz   (by hand) the differential test of the two engines, with many random programs
 PYTHON ?= python3
 PYPY ?= pypy3
 PYRIGHT ?= npx --yes pyright@1.1.414
