@@ -46,7 +46,12 @@ KNOWN: Dict[str, str] = {
         "task wedges; pure, concurrent: the error is dropped)"
     ),
     "subject-with-raising-repr": "item 4: an event whose repr raises aborts supervision",
-    "await-in-except": "item 6 (compiled): a hooked dispatch awaited in an except block takes the caller's error as context",
+    "await-in-except": (
+        "item 6 (compiled): a hooked dispatch awaited in an except block takes the caller's error "
+        "as context. Still open with the core-a and core-b fixes merged (checked 2026-12-05): a "
+        "hooked handler that suspends in a custom strategy's run.start() and then raises gets the "
+        "publisher's handled error as __context__ on compiled, none on pure (it resumed in a task)"
+    ),
     "raising-error-hooks": "item 6 (pure): with two error hooks that raise, the outer one's __context__ skips the inner",
     "metaclass-equality": "item 8: compiled execute ignores a metaclass's equality (a class equal to a registered one)",
     "plain-function-layer": (
@@ -54,25 +59,34 @@ KNOWN: Dict[str, str] = {
         "is awaited: behind a pass-through layer written as a plain function it runs at execute(); "
         "behind timeout() (which makes call(action) a task) before the task starts"
     ),
-    "generator-coroutine": "item 9: @types.coroutine layers and strategies are refused by the compiled engine",
+    "generator-coroutine": (
+        "item 9: @types.coroutine layers and strategies are refused by the compiled engine. Still "
+        "open with core-a's fix merged: the pure _unwrap takes a handler's TypeError raised through "
+        "a generator-based layer for 'a modifier layer must return an awaitable' (it tests "
+        "hasattr(type(awaitable), '__await__'); inspect.isawaitable(awaitable) is the right test)"
+    ),
     "non-dict-inject": "item 11: a layer replacing inject with a non-dict mapping (TypeError on compiled only)",
     "await-twice": "item 11: awaiting a dispatch twice says 'relay' on compiled, 'coroutine' on pure",
     "warning-text": (
         "item 11 (and new): 'never awaited' warnings name engine internals on pure; and a "
         "dispatch that can only fail (no handler, a stream handler's execute) dropped unawaited "
-        "warns on pure ('_raise') but not on compiled. 'never awaited' warnings are not compared"
+        "warns on pure ('_raise') but not on compiled. Still open with the core-a and core-b fixes "
+        "merged: behind factory layers, compiled names the outer layer's coroutine, pure the "
+        "handler. 'never awaited' warnings are not compared"
     ),
     # Found by this test, not in the issue:
     "error-hook-raising-base-exception": (
         "new (compiled): a Hook's error stage that raises a BaseException (CancelledError, "
         "SystemExit...) loses the handler's error as its __context__ (Route._unwind chains "
-        "only an Exception); pure chains it, as an except block written by hand does"
+        "only an Exception); pure chains it, as an except block written by hand does. Agrees "
+        "with core-a's item 6 fix merged (error hooks run with the error being handled)"
     ),
     "base-exception-in-awaited-publish": (
         "new (both engines; which run is lost differs): a handler raising a BaseException other "
         "than CancelledError (SystemExit, KeyboardInterrupt...) in a concurrent publish makes "
         "publish raise it at once, leaving the handlers already suspended running unsupervised: "
-        "their failures end as 'Task exception was never retrieved'"
+        "their failures end as 'Task exception was never retrieved' (still so with the core-a "
+        "and core-b fixes merged)"
     ),
 }
 
