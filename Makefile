@@ -1,6 +1,7 @@
 # The two commands of the README:
 #   make demo   set up a virtualenv (compiled engine) and run the main demo
 #   make test   every test: compiled engine, pure engine, PyPy, typing (mypy, pyright), packaging
+#   make fuzz   (by hand) the differential test of the two engines, with many random programs
 PYTHON ?= python3
 PYPY ?= pypy3
 PYRIGHT ?= npx --yes pyright@1.1.414
@@ -9,7 +10,7 @@ PYPY_VENV := .venv-pypy
 DOCS_VENV := .venv-docs
 SOURCES := pyproject.toml setup.py mediator/_core.pyx mediator/_relay.h mediator/_call.h mediator/_method.h
 
-.PHONY: demo test test-compiled test-pure test-pypy test-typing test-versions check-packaging docs bench bench-peers bench-hooks clean
+.PHONY: demo test fuzz test-compiled test-pure test-pypy test-typing test-versions check-packaging docs bench bench-peers bench-hooks clean
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/python example/demo.py
@@ -41,6 +42,13 @@ test-pypy: $(PYPY_VENV)/.installed
 test-typing: $(VENV)/.installed
 	$(VENV)/bin/python -m mypy mediator tests/typing
 	$(PYRIGHT) --pythonpath $(VENV)/bin/python tests/typing
+
+# By hand, not in CI: the differential test (tests/test_differential.py) with random seeds
+# and many more programs than `make test` runs (FUZZ_EXAMPLES=N to change how many).
+FUZZ_EXAMPLES ?= 5000
+fuzz: $(VENV)/.installed
+	MEDIATOR_FUZZ=1 MEDIATOR_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/bin/python -m pytest --engine=compiled -q \
+		--hypothesis-show-statistics tests/test_differential.py
 
 # Not part of `make test` (CI must not depend on them): both engines on every CPython
 # 3.9-3.13 that pyenv has here, each in .venv-VERSION; missing versions are skipped.

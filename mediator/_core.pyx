@@ -707,6 +707,11 @@ cdef object _hooks_failed(object route, object subject, object error):
 
 
 async def _raise(error):
+    if isinstance(error, StopIteration):  # as PEP 479 words it for a coroutine (Cython: 'generator')
+        try:
+            raise error
+        except StopIteration:
+            raise RuntimeError("coroutine raised StopIteration") from error
     raise error
 
 

@@ -208,6 +208,34 @@ def test_closing_an_unawaited_result_runs_nothing(shape):
 
 
 @shapes
+def test_a_task_cancelled_before_it_starts_runs_nothing_and_does_not_warn(shape):
+    """A dispatch run as a task cancelled before its first step ends cancelled, as a
+    coroutine would, with nothing run and no "never awaited" warning (found by the
+    differential test: the pure engine warned behind factories)."""
+    ran = []
+
+    async def tracked(ask: Ask) -> object:
+        ran.append(ask)
+        return ask.value
+
+    bus, recorder = make_bus(shape, handler=tracked)
+
+    async def main():
+        task = asyncio.ensure_future(bus.execute(Ask(1)))
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        asyncio.run(main())
+        gc.collect()
+    assert ran == []
+    assert recorder.seen == []
+    assert not [w for w in caught if "never awaited" in str(w.message)], [str(w.message) for w in caught]
+
+
+@shapes
 def test_a_sync_handler_behind_the_stack(shape):
     def double(ask: Ask) -> object:
         return ask.value * 2

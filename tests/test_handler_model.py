@@ -201,6 +201,28 @@ def test_sync_handler_forms_are_accepted_and_their_result_is_awaited(form):
     assert run(bus.execute(Ping(21))) == 42
 
 
+@pytest.mark.parametrize("inject", [{}, {"extra": 1}], ids=["direct", "injected"])
+def test_a_sync_handler_raising_stop_iteration_fails_as_an_async_def_would(inject):
+    """A StopIteration escaping a plain def handler comes out of ``await bus.execute`` as
+    PEP 479 has a coroutine report it: ``RuntimeError('coroutine raised StopIteration')``
+    caused by it (the compiled engine said 'generator'; found by the differential test)."""
+    bus = LocalRequestBus()
+
+    @bus.register
+    def exhausted(ping: Ping, extra: int = 0) -> int:
+        return next(iter(()))
+
+    async def by_hand(ping: Ping) -> int:
+        return next(iter(()))
+
+    for call in (lambda: bus.execute(Ping(1), **inject), lambda: by_hand(Ping(1))):
+        with pytest.raises(RuntimeError) as caught:
+            run(call())
+        assert str(caught.value) == "coroutine raised StopIteration"
+        assert type(caught.value.__cause__) is StopIteration
+        assert caught.value.__context__ is caught.value.__cause__
+
+
 @pytest.mark.parametrize("form", list(SYNC_FORMS))
 def test_sync_handler_forms_run_on_an_event_bus(form):
     """Each form wrapped as an event handler: publish runs it (sync handlers run inline)."""
