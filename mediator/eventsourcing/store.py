@@ -466,13 +466,16 @@ class EventStore(abc.ABC):
 
     async def _wait_for_commit(self, after: int) -> None:
         """Return when events past ``after`` may exist (see the module docstring, 5.)."""
-        waiter = asyncio.get_running_loop().create_future()
+        # not asyncio.wait_for: up to 3.11 it swallows a cancellation that comes as the
+        # waiter is woken, and a cancelled subscriber would then run on
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        timer = loop.call_later(self.poll_interval, _wake, waiter)
         self._commit_waiters.append(waiter)
         try:
-            await asyncio.wait_for(waiter, self.poll_interval)
-        except asyncio.TimeoutError:
-            pass
+            await waiter
         finally:
+            timer.cancel()
             if waiter in self._commit_waiters:
                 self._commit_waiters.remove(waiter)
 
@@ -505,6 +508,11 @@ class EventStore(abc.ABC):
     @abc.abstractmethod
     async def _load_snapshot(self, stream: str) -> Optional[Snapshot]:
         """The stream's latest snapshot, or ``None``."""
+
+
+def _wake(waiter: "asyncio.Future[None]") -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 # -- argument checks shared by the backends ------------------------------------------
