@@ -146,13 +146,13 @@ class MemoryEventStore(EventStore):
         self._snapshots: Dict[str, Snapshot] = {}
         self._deliveries: Dict[int, None] = {}
         self._values: Dict[Tuple[str, str], str] = {}
-        self._writer = asyncio.Lock()
+        self._writer: Any = None  # an asyncio.Lock, made in the loop (on 3.9 a Lock binds the loop it is made in)
 
     def __repr__(self) -> str:
         return f"<MemoryEventStore {self.url!r}>"
 
     async def _open(self) -> None:
-        pass
+        self._writer = asyncio.Lock()
 
     async def _close(self) -> None:
         pass

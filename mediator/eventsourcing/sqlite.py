@@ -263,7 +263,7 @@ class SQLiteEventStore(EventStore):
         self._reader: Any = None
         self._write_thread: Optional[ThreadPoolExecutor] = None
         self._read_thread: Optional[ThreadPoolExecutor] = None
-        self._lock = asyncio.Lock()
+        self._lock: Any = None  # an asyncio.Lock, made in the loop (on 3.9 a Lock binds the loop it is made in)
 
     def __repr__(self) -> str:
         return f"<SQLiteEventStore {self.url!r}>"
@@ -284,6 +284,7 @@ class SQLiteEventStore(EventStore):
     # -- lifecycle -----------------------------------------------------------------
 
     async def _open(self) -> None:
+        self._lock = asyncio.Lock()
         self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="mediator-sqlite-writer")
         self._writer = await self._write(self._connect)
         await self._write(self._create_schema, self._writer)
