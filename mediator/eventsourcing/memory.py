@@ -27,6 +27,8 @@ __all__ = ["MemoryEventStore"]
 class _MemoryTransaction(Transaction):
     """Writes are staged here and applied to the store in one step at commit."""
 
+    store: "MemoryEventStore"
+
     def __init__(self, store: "MemoryEventStore") -> None:
         self.store = store
         self._rows: List[Row] = []
@@ -103,7 +105,7 @@ class _MemoryTransaction(Transaction):
         self._values[(namespace, key)] = None
 
     async def items(self, namespace: str) -> List[Tuple[str, Any]]:
-        merged = {k: v for (ns, k), v in self.store._values.items() if ns == namespace}
+        merged: Dict[str, Optional[str]] = {k: v for (ns, k), v in self.store._values.items() if ns == namespace}
         merged.update({k: v for (ns, k), v in self._values.items() if ns == namespace})
         return [(key, json.loads(text)) for key, text in sorted(merged.items()) if text is not None]
 

@@ -97,6 +97,8 @@ def _append_rows(
 
 
 class _SQLiteTransaction(Transaction):
+    store: "SQLiteEventStore"
+
     def __init__(self, store: "SQLiteEventStore") -> None:
         self.store = store
         self._conn = store._writer

@@ -64,6 +64,7 @@ only when a ``postgresql://`` or ``postgres://`` URL is opened), constructed as
 
 import abc
 import asyncio
+import importlib
 import json
 import uuid
 from contextlib import asynccontextmanager
@@ -78,7 +79,6 @@ from typing import (
     Optional,
     Sequence,
     Tuple,
-    Union,
 )
 
 from mediator.codec import Codec, codec as default_codec
@@ -87,7 +87,7 @@ from mediator.eventsourcing.records import RecordedEvent
 
 __all__ = ["EventStore", "Transaction", "NewEvent", "Snapshot", "Row", "open_store"]
 
-Row = Tuple[int, str, int, str, str, Union[bytes, str], Any, Any]
+Row = Tuple[int, str, int, str, str, Any, Any, Any]
 """A stored event as a backend returns it: (position, stream, version, id, type, data,
 metadata, recorded_at); see the module docstring."""
 
@@ -592,8 +592,8 @@ def open_store(url: str, *, codec: Optional[Codec] = None, **options: Any) -> Ev
 
         return SQLiteEventStore(url, codec=codec, **options)
     if scheme in ("postgresql", "postgres"):
-        try:
-            from mediator.eventsourcing.postgres import PostgresEventStore
+        try:  # by name: the module is optional (and its driver too)
+            PostgresEventStore = importlib.import_module("mediator.eventsourcing.postgres").PostgresEventStore
         except ImportError as error:
             raise ImportError(
                 f"{url!r} needs the PostgreSQL backend's driver: pip install 'mediator[postgres]' ({error})"

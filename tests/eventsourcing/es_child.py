@@ -5,11 +5,9 @@ Each mode does one thing to the store at URL with the public API and reports on 
 """
 
 import asyncio
-import json
 import os
 import signal
 import sys
-import time
 from dataclasses import dataclass
 
 from mediator.codec import event_type
