@@ -90,6 +90,21 @@ async def append_big(url: str, count: str) -> None:
         say("appended")
 
 
+async def save_many(url: str, count: str, prefix: str) -> None:
+    """One Repository.save of count aggregates of 20 events each (killed while it runs)."""
+    async with open_store(url) as store:
+        accounts = []
+        for i in range(int(count)):
+            account = Account(id=f"{prefix}-{i}")
+            account.record(Opened(f"o{i}"))
+            for amount in range(19):
+                account.record(Deposited(amount))
+            accounts.append(account)
+        say("saving")
+        await Repository(store).save(*accounts)
+        say("saved")
+
+
 async def save_half(url: str) -> None:
     """A transaction that wrote one aggregate's events and waits before the second's."""
     async with open_store(url) as store:
@@ -136,6 +151,7 @@ def main() -> None:
         "save_then_hang": save_then_hang,
         "append_big": append_big,
         "save_half": save_half,
+        "save_many": save_many,
         "project": project,
     }
     asyncio.run(modes[mode](url, *args))

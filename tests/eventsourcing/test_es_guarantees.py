@@ -282,6 +282,34 @@ def test_a_process_killed_mid_append_leaves_all_or_none(durable_url, child_env):
         run(check())
 
 
+def test_a_process_killed_mid_save_leaves_all_or_none(durable_url, child_env):
+    import time
+
+    count = 300
+
+    async def saved(prefix: str) -> bool:
+        async with open_store(durable_url) as store:
+            versions = {await store.version(f"{prefix}-{i}") for i in range(count)}
+            assert versions in ({0}, {20}), versions  # every aggregate, or none of them
+            log = [r.position async for r in store.read_all()]
+            assert log == list(range(1, len(log) + 1))  # and no hole in the log
+            return versions == {20}
+
+    child = Child(child_env, "save_many", durable_url, str(count), "warm")  # how long a save takes here
+    child.expect("saving")
+    started = time.monotonic()
+    child.expect("saved")
+    took = time.monotonic() - started
+    child.finish()
+    assert run(saved("warm"))
+    for n, fraction in enumerate((0.1, 0.4, 0.7, 0.9)):
+        child = Child(child_env, "save_many", durable_url, str(count), f"try{n}")
+        child.expect("saving")
+        time.sleep(took * fraction)
+        child.kill(may_have_ended=True)
+        run(saved(f"try{n}"))
+
+
 def test_a_process_killed_mid_transaction_leaves_none_of_it(durable_url, child_env):
     child = Child(child_env, "save_half", durable_url)
     child.expect("half")  # the first aggregate's events are written, uncommitted
