@@ -118,17 +118,18 @@ async def save_half(url: str) -> None:
             await tx.append(second.id, store._encode(second.pending, None), 0)
 
 
-async def project(url: str, die_at: str, log_path: str) -> None:
-    """Run a projection: a transactional handler counts into the read model, a plain one
-    appends to a file; SIGKILL itself inside the handler of event number die_at (after
-    the transactional write of that event), or catch up to the end if die_at is 0."""
+async def project(url: str, die_at: str, log_path: str, name: str = "totals", batch: str = "7") -> None:
+    """Run the projection ``name``: a transactional handler sums into the read model
+    (namespace ``name``), a plain one appends positions to a file; SIGKILL itself inside
+    the handler of the event at position die_at (after its transactional write), or
+    catch up to the end if die_at is 0."""
     bus = LocalEventBus()
     die = int(die_at)
 
     async def count(event: Deposited, transaction, recorded) -> None:
-        total = await transaction.get("totals", "sum", 0)
-        await transaction.put("totals", "sum", total + event.amount)
-        await transaction.put("applied", str(recorded.position), 1)
+        total = await transaction.get(name, "sum", 0)
+        await transaction.put(name, "sum", total + event.amount)
+        await transaction.put(name + ".applied", str(recorded.position), 1)
         if recorded.position == die:
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -139,7 +140,8 @@ async def project(url: str, die_at: str, log_path: str) -> None:
     bus.register(count)
     bus.register(log)
     async with open_store(url) as store:
-        handled = await Subscription(store, bus, name="totals", batch_size=7).catch_up()
+        say("projecting")
+        handled = await Subscription(store, bus, name=name, batch_size=int(batch)).catch_up()
         say("caught up", handled)
 
 
