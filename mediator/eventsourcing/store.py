@@ -78,6 +78,7 @@ from typing import (
     NamedTuple,
     Optional,
     Sequence,
+    Set,
     Tuple,
 )
 
@@ -246,6 +247,7 @@ class EventStore(abc.ABC):
         self._closed = False
         self._open_lock: Optional[asyncio.Lock] = None
         self._commit_waiters: List["asyncio.Future[None]"] = []
+        self._publishing: Set[int] = set()  # outbox positions a Repository of this process is publishing
 
     # -- lifecycle -----------------------------------------------------------------
 
