@@ -226,5 +226,4 @@ class Repository:
             )
 
     async def _forget(self, positions: List[int]) -> None:
-        async with self.store.transaction() as tx:
-            await tx.remove_deliveries(positions)
+        await self.store._forget_deliveries(positions)

@@ -56,6 +56,10 @@ The backend contract (what ``memory.py``, ``sqlite.py`` and ``postgres.py`` impl
    (``LISTEN/NOTIFY``) may do better. Spurious returns are fine.
 6. A backend may override ``append`` for speed if it keeps its exact semantics
    (validation, encoding by ``_encode``, one transaction, ``_committed()`` after commit).
+   It may override ``_forget_deliveries(positions)`` (take published positions out of the
+   outbox, one transaction) with a cheaper commit that need not survive a power loss: if
+   it is lost, those events are only published again (at least once). SQLite commits it
+   with ``synchronous=NORMAL``; PostgreSQL can use ``SET LOCAL synchronous_commit = off``.
 
 The PostgreSQL backend is ``mediator.eventsourcing.postgres.PostgresEventStore`` (imported
 only when a ``postgresql://`` or ``postgres://`` URL is opened), constructed as
@@ -326,6 +330,11 @@ class EventStore(abc.ABC):
         async with self.transaction() as tx:
             version, _ = await tx.append(stream, new, expected_version)
         return version
+
+    async def _forget_deliveries(self, positions: Sequence[int]) -> None:
+        """Take published ``positions`` out of the outbox (see the module docstring, 6.)."""
+        async with self.transaction() as tx:
+            await tx.remove_deliveries(positions)
 
     def _encode(self, events: Iterable[Any], metadata: Optional[Dict[str, Any]]) -> List[NewEvent]:
         """The events as ``NewEvent``s (codec errors raised as they are, before any I/O)."""
