@@ -66,7 +66,7 @@ def test_sigkill_mid_flood_then_another_worker_handles_every_event(url: str, wor
     assert killed_at < 10_000, "the worker must be killed in the middle of the flood"
 
     second = workers.start(url, "flood", "--concurrency", str(concurrency), "--claim-idle", "1")
-    wait_for(lambda: len(ticks(workers.lines())) == 10_000, 120, "every event handled", [second])
+    wait_for(lambda: len(ticks(workers.lines())) == 10_000, 60, "every event handled", [second])
     second.send_signal(signal.SIGTERM)
     assert second.wait(30) == 0
     handled = ticks(workers.lines())
