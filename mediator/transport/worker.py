@@ -378,10 +378,6 @@ class Worker:
 
     async def _handle(self, delivery: Delivery) -> None:
         transport = self.transport
-        inbox = self.inbox
-        if inbox is not None and await inbox.seen(self.group, delivery.message_id):
-            await self._ack(delivery)
-            return
         try:
             event = transport.codec.decode(delivery.type, delivery.payload)
         except Exception as error:
@@ -394,16 +390,34 @@ class Worker:
                 handler=None,
             )
             return
-        done = await transport.handlers_done(delivery) if delivery.deliveries > 1 else frozenset()
+        if self.inbox is None:
+            dispatch = await self._dispatch(event, delivery, {})
+        else:
+            async with self.inbox.scope(self.group, delivery.message_id) as scope:
+                if scope.seen:
+                    dispatch = None
+                else:
+                    dispatch = await self._dispatch(event, delivery, scope.inject)
+                    scope.succeeded = not dispatch.failed
+                    if scope.atomic:  # rolled back on failure: nothing counts as done
+                        dispatch.succeeded.clear()
+        if dispatch is None or not dispatch.failed:
+            await self._ack(delivery)
+            return
+        await self._failed(delivery, dispatch)
+
+    async def _dispatch(self, event: Any, delivery: Delivery, inject: Dict[str, Any]) -> _Dispatch:
+        """Run the handlers not done yet through the bus; the outcome is in the result."""
+        done = await self.transport.handlers_done(delivery) if delivery.deliveries > 1 else frozenset()
         dispatch = _Dispatch(self, done)
         headers = dict(delivery.headers)
         headers[MESSAGE_ID_HEADER] = delivery.message_id
-        await self.bus.publish(event, strategy=dispatch, headers=headers, message_id=delivery.message_id)
-        if not dispatch.failed:
-            if inbox is not None:
-                await inbox.record(self.group, delivery.message_id)
-            await self._ack(delivery)
-            return
+        await self.bus.publish(event, strategy=dispatch, headers=headers, message_id=delivery.message_id, **inject)
+        return dispatch
+
+    async def _failed(self, delivery: Delivery, dispatch: _Dispatch) -> None:
+        transport = self.transport
+        done = dispatch.done
         name, error = dispatch.failed[0]
         if len(dispatch.failed) > 1:
             logger.debug("more failures on %r: %r", delivery, dispatch.failed[1:])
