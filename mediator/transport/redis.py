@@ -285,11 +285,11 @@ class RedisTransport(Transport):
 
     # -- dead letters --------------------------------------------------------------------------
 
-    async def dead_letters(self, group: str) -> AsyncIterator[DeadLetter]:  # type: ignore[override]
+    async def dead_letters(self, group: str) -> AsyncIterator[DeadLetter]:
         key = self._key("dl", group)
         start = b"-"
         while True:
-            entries = await self._retrying(
+            entries: Any = await self._retrying(
                 "read dead letters", lambda: self.client.xrange(key, min=start, max=b"+", count=200)
             )
             for entry_id, fields in entries:
@@ -383,7 +383,9 @@ class RedisTransport(Transport):
             until_reclaim = self._next_reclaim[group] - time.monotonic()
             block_ms = max(1, int(min(timeout, max(until_reclaim, 0.001)) * 1000))
         try:
-            reply = await client.xreadgroup(group, consumer, {key: ">" for key in streams}, count=wanted, block=block_ms)
+            reply: Any = await client.xreadgroup(
+                group, consumer, {key: ">" for key in streams}, count=wanted, block=block_ms
+            )
         except _RETRYABLE as error:
             if found:  # claimed already: hand them out; the read is retried on the next fetch
                 return found

@@ -265,7 +265,7 @@ class Worker:
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> List[int]:
         if not self.handle_signals or threading.current_thread() is not threading.main_thread():
             return []
-        installed = []
+        installed: List[int] = []
         for signum in (signal.SIGTERM, signal.SIGINT):
             try:
                 loop.add_signal_handler(signum, self._on_signal, signum)
