@@ -412,6 +412,17 @@ class Worker:
 
     async def _handle(self, delivery: Delivery) -> None:
         transport = self.transport
+        if delivery.deliveries > self.max_deliveries:
+            # Never settled in as many deliveries: its handling kills or stalls workers.
+            await transport.dead_letter(
+                delivery,
+                error=(
+                    f"abandoned: delivered {delivery.deliveries} times and never settled "
+                    f"(max_deliveries={self.max_deliveries}): a worker died or stalled handling it each time"
+                ),
+                handler=None,
+            )
+            return
         try:
             event = transport.codec.decode(delivery.type, delivery.payload)
         except Exception as error:
