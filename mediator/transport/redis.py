@@ -359,10 +359,10 @@ class RedisTransport(Transport):
 
     def _parse(self, group: str, consumer: str, stream: bytes, entry_id: bytes, fields: Dict[bytes, bytes], count: int) -> Delivery:
         try:
-            message_id = _text(fields[b"i"])
-            type = _text(fields[b"t"])
-            payload = bytes(fields[b"p"])
-        except KeyError:  # not written by this transport: it is dead-lettered as undecodable
+            message_id = fields[b"i"].decode()
+            type = fields[b"t"].decode()
+            payload = fields[b"p"]
+        except (KeyError, UnicodeDecodeError):  # not written by this transport: it is dead-lettered as undecodable
             message_id = _text(fields.get(b"i", entry_id))
             type = _text(fields.get(b"t", b"?"))
             payload = json.dumps({_text(k): _text(v) for k, v in fields.items()}).encode()
