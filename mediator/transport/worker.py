@@ -1,0 +1,495 @@
+"""``Worker``: consumes a transport's messages for one group and dispatches them through a bus.
+
+A message is acknowledged only once every handler of its event has succeeded (or once it
+is dead-lettered): at least once. A failure is retried after ``backoff`` until
+``max_deliveries``, skipping the handlers that already succeeded; then the message goes
+to the group's dead letters with the error and the handler. A message whose type is not
+known or whose payload does not decode goes to the dead letters at once.
+"""
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import threading
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple, Union
+
+from mediator.transport.base import (
+    MESSAGE_ID_HEADER,
+    Delivery,
+    Transport,
+    check_name,
+    check_start,
+)
+from mediator.transport.errors import TransportClosedError
+
+__all__ = ["Worker", "handler_name"]
+
+logger = logging.getLogger("mediator.transport")
+
+Backoff = Union[float, int, Callable[[int], float]]
+
+
+def handler_name(handler: Any) -> str:
+    """A handler's qualified name, ``module.qualname`` of the function it calls."""
+    obj = getattr(handler, "obj", handler)
+    function = getattr(obj, "__func__", obj)
+    qualname = getattr(function, "__qualname__", None) or type(function).__qualname__
+    module = getattr(function, "__module__", None) or type(function).__module__
+    return f"{module}.{qualname}"
+
+
+def _error_text(error: BaseException) -> str:
+    text = str(error)
+    return f"{type(error).__qualname__}: {text}" if text else type(error).__qualname__
+
+
+class _Dispatch:
+    """A publish strategy for one message: runs the handlers not yet done, notes the outcome."""
+
+    __slots__ = ("worker", "done", "succeeded", "failed")
+
+    def __init__(self, worker: "Worker", done: FrozenSet[str]) -> None:
+        self.worker = worker
+        self.done = done
+        self.succeeded: List[str] = []
+        self.failed: List[Tuple[str, BaseException]] = []
+
+    async def __call__(self, event: Any, runs: Sequence[Any]) -> None:
+        names = self.worker._names_of(runs)
+        todo = [(name, run) for name, run in zip(names, runs) if name not in self.done]
+        if len(todo) == 1:
+            await self._one(*todo[0])
+        elif todo:
+            await asyncio.gather(*(self._one(name, run) for name, run in todo))
+
+    async def _one(self, name: str, run: Any) -> None:
+        try:
+            await run.start()
+        except Exception as error:
+            self.failed.append((name, error))
+        else:
+            self.succeeded.append(name)
+
+
+class Worker:
+    """Consumes ``group``'s messages from ``transport`` and dispatches them through ``bus``.
+
+    ``bus`` is a ``LocalEventBus`` (or any bus with ``registered()`` and ``publish``): the
+    worker consumes the event classes it has handlers for, registering them with the
+    transport's codec. Each handler may take ``headers`` (the message's headers, with
+    ``"message-id"``) and ``message_id`` as injected arguments.
+
+    - ``concurrency``: at most this many messages in flight (fetched and not yet settled).
+    - ``max_deliveries``: after this many failed deliveries a message is dead-lettered.
+    - ``backoff``: seconds before a failed message is redelivered: a number that doubles
+      per attempt (``backoff * 2 ** (attempt - 1)``), or a callable ``(attempt) -> seconds``.
+    - ``claim_idle``: seconds after which a message claimed by a consumer that stopped
+      extending its claim (a dead one) goes to another consumer; a running handler's claim
+      is extended every ``claim_idle / 3`` seconds.
+    - ``start``: ``"latest"`` (a new group sees messages published from now on) or
+      ``"earliest"`` (all that the streams hold).
+    - ``inbox``: an ``Inbox``; a message id already recorded there for this group is
+      acknowledged without running the handlers, and one whose handlers all succeeded is
+      recorded before it is acknowledged.
+    - ``shutdown_timeout``: seconds a signal-triggered shutdown lets in-flight messages run.
+
+    ``await worker.run()`` consumes until ``aclose()``, the end of ``async with``, or
+    SIGTERM/SIGINT (with ``handle_signals=True``, when run in the main thread).
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        bus: Any,
+        *,
+        group: str,
+        concurrency: int = 64,
+        max_deliveries: int = 5,
+        backoff: Backoff = 1.0,
+        claim_idle: float = 30.0,
+        start: str = "latest",
+        inbox: Any = None,
+        consumer: Optional[str] = None,
+        poll: float = 1.0,
+        shutdown_timeout: float = 30.0,
+        handle_signals: bool = True,
+    ) -> None:
+        if not isinstance(transport, Transport):
+            raise TypeError(f"Worker needs a mediator.transport.Transport, got {transport!r}")
+        if not callable(getattr(bus, "registered", None)) or not callable(getattr(bus, "publish", None)):
+            raise TypeError(f"Worker needs an event bus with registered() and publish(), got {bus!r}")
+        self.group = check_name("the worker's group", group)
+        self.consumer = check_name(
+            "the worker's consumer name",
+            consumer if consumer is not None else f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}",
+        )
+        _positive_int("concurrency", concurrency)
+        _positive_int("max_deliveries", max_deliveries)
+        if callable(backoff):
+            self._backoff: Callable[[int], float] = backoff
+        elif isinstance(backoff, (int, float)) and not isinstance(backoff, bool) and backoff >= 0:
+            base = float(backoff)
+            self._backoff = lambda attempt: base * 2 ** (attempt - 1)
+        else:
+            raise ValueError(f"backoff must be seconds >= 0 or a callable (attempt) -> seconds, got {backoff!r}")
+        for name, value in (("claim_idle", claim_idle), ("poll", poll), ("shutdown_timeout", shutdown_timeout)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        self.transport = transport
+        self.bus = bus
+        self.concurrency = concurrency
+        self.max_deliveries = max_deliveries
+        self.claim_idle = float(claim_idle)
+        self.start = check_start(start)
+        self.inbox = inbox
+        self.poll = float(poll)
+        self.shutdown_timeout = float(shutdown_timeout)
+        self.handle_signals = handle_signals
+        self._names: Dict[Any, str] = {}
+        self._inflight: Dict["asyncio.Task[None]", Delivery] = {}
+        self._started = False
+        self._stopping = False
+        self._closed = False
+        self._running: Optional["asyncio.Future[None]"] = None
+        self._room: Optional["asyncio.Event"] = None
+        self._wake: Optional["asyncio.Event"] = None
+        self._ack_batch: Optional[Tuple[List[Delivery], "asyncio.Future[None]"]] = None
+        self._keepalive: Optional["asyncio.Task[None]"] = None
+        self._close_task: Optional["asyncio.Task[Any]"] = None
+
+    # -- life cycle ----------------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        """How many messages this worker holds now (being handled or being acknowledged)."""
+        return len(self._inflight)
+
+    async def open(self) -> "Worker":
+        """Register the bus's event classes with the codec and create the group (idempotent)."""
+        if self._closed:
+            raise TransportClosedError(f"{self!r} is closed")
+        if self._started:
+            return self
+        classes = list(self.bus.registered())
+        if not classes:
+            raise ValueError(f"{self!r}: the bus {self.bus!r} has no event handlers: nothing to consume")
+        codec = self.transport.codec
+        codec.register_all(classes)
+        types = sorted({codec.type_of(cls) for cls in classes})
+        await self.transport.open()
+        await self.transport.ensure_group(self.group, types, start=self.start, claim_idle=self.claim_idle)
+        self._started = True
+        return self
+
+    async def __aenter__(self) -> "Worker":
+        return await self.open()
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.aclose()
+
+    async def run(self) -> None:
+        """Consume until ``aclose()`` (or a signal); returns once the worker has stopped."""
+        if self._closed or self._stopping:
+            raise TransportClosedError(f"{self!r} is closed")
+        if self._running is not None:
+            raise RuntimeError(f"{self!r} is already running")
+        await self.open()
+        loop = asyncio.get_running_loop()
+        self._running = loop.create_future()
+        self._room = asyncio.Event()
+        self._wake = asyncio.Event()
+        installed = self._install_signals(loop)
+        self._keepalive = loop.create_task(self._keep_alive())
+        try:
+            await self._consume()
+            while self._inflight:  # aclose() cancels them at its timeout
+                await asyncio.wait(list(self._inflight))
+        finally:
+            for signum in installed:
+                loop.remove_signal_handler(signum)
+            self._keepalive.cancel()
+            left = list(self._inflight)
+            for task in left:  # run() itself was cancelled: nothing is acknowledged
+                task.cancel()
+            if left:
+                await asyncio.wait(left)
+            try:
+                await self._keepalive
+            except asyncio.CancelledError:
+                pass
+            self._stopping = True
+            if not self._running.done():
+                self._running.set_result(None)
+        if self._close_task is not None:
+            await self._close_task
+
+    async def aclose(self, timeout: Optional[float] = None) -> None:
+        """Stop gracefully: stop fetching, let the messages in flight finish (acknowledged),
+        give back those fetched but not started, and after ``timeout`` seconds cancel what
+        is left without acknowledging it (it will be redelivered). Idempotent.
+        """
+        self._stopping = True
+        if self._wake is not None:
+            self._wake.set()
+        if self._running is None:
+            self._closed = True
+            return
+        if self._inflight:
+            pending = set(self._inflight)
+            done, pending = await asyncio.wait(pending, timeout=timeout)
+            if pending:
+                logger.warning(
+                    "worker %s of group %r: cancelling %d message(s) still in flight after %ss "
+                    "(not acknowledged: they will be redelivered)",
+                    self.consumer,
+                    self.group,
+                    len(pending),
+                    timeout,
+                )
+                for task in pending:
+                    task.cancel()
+                await asyncio.wait(pending)
+        await asyncio.shield(self._running)
+        self._closed = True
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> List[int]:
+        if not self.handle_signals or threading.current_thread() is not threading.main_thread():
+            return []
+        installed = []
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(signum, self._on_signal, signum)
+            except (NotImplementedError, RuntimeError, ValueError):  # not on this platform/loop
+                continue
+            installed.append(signum)
+        return installed
+
+    def _on_signal(self, signum: int) -> None:
+        logger.info("worker %s of group %r: %s, shutting down", self.consumer, self.group, signal.Signals(signum).name)
+        if self._close_task is None:
+            self._close_task = asyncio.get_running_loop().create_task(self.aclose(self.shutdown_timeout))
+
+    # -- the fetch loop ------------------------------------------------------------------------
+
+    async def _consume(self) -> None:
+        transport = self.transport
+        assert self._room is not None and self._wake is not None
+        create_task = asyncio.get_running_loop().create_task
+        failures = 0
+        while not self._stopping:
+            free = self.concurrency - len(self._inflight)
+            if free <= 0:
+                self._room.clear()
+                await self._wait_any(self._room)
+                continue
+            try:
+                batch = await transport.fetch(self.group, self.consumer, free, self.poll)
+            except TransportClosedError:
+                if self._stopping:
+                    break
+                raise
+            except Exception as error:  # the broker is away: the transport retried already
+                failures += 1
+                delay = min(0.1 * 2 ** min(failures, 8), 5.0)
+                logger.warning(
+                    "worker %s of group %r: fetch failed (%s); retrying in %.1fs",
+                    self.consumer,
+                    self.group,
+                    _error_text(error),
+                    delay,
+                )
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), delay)
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            failures = 0
+            if self._stopping:
+                if batch:
+                    await self._release(batch)
+                break
+            for delivery in batch:
+                task = create_task(self._handle(delivery))
+                self._inflight[task] = delivery
+                task.add_done_callback(self._settled)
+
+    async def _wait_any(self, event: "asyncio.Event") -> None:
+        """Until ``event`` is set or the worker is stopping."""
+        assert self._wake is not None
+        if self._stopping:
+            return
+        self._wake.clear()
+        waiters = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(self._wake.wait())]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    def _settled(self, task: "asyncio.Task[None]") -> None:
+        self._inflight.pop(task, None)
+        if self._room is not None:
+            self._room.set()
+        if not task.cancelled():
+            error = task.exception()
+            if error is not None:
+                logger.error(
+                    "worker %s of group %r: a message could not be settled (it will be redelivered)",
+                    self.consumer,
+                    self.group,
+                    exc_info=error,
+                )
+
+    async def _release(self, batch: Sequence[Delivery]) -> None:
+        try:
+            await self.transport.release(batch)
+        except Exception as error:
+            logger.warning(
+                "worker %s of group %r: could not release %d unstarted message(s) (%s); "
+                "they will be redelivered after claim_idle",
+                self.consumer,
+                self.group,
+                len(batch),
+                _error_text(error),
+            )
+
+    async def _keep_alive(self) -> None:
+        """Extend the claims of messages in flight, every ``claim_idle / 3`` seconds."""
+        interval = self.claim_idle / 3
+        while True:
+            await asyncio.sleep(interval)
+            held = list(self._inflight.values())
+            if held:
+                try:
+                    await self.transport.extend(held)
+                except Exception as error:
+                    logger.warning(
+                        "worker %s of group %r: could not extend %d claim(s): %s",
+                        self.consumer,
+                        self.group,
+                        len(held),
+                        _error_text(error),
+                    )
+
+    # -- one message -------------------------------------------------------------------------
+
+    async def _handle(self, delivery: Delivery) -> None:
+        transport = self.transport
+        inbox = self.inbox
+        if inbox is not None and await inbox.seen(self.group, delivery.message_id):
+            await self._ack(delivery)
+            return
+        try:
+            event = transport.codec.decode(delivery.type, delivery.payload)
+        except Exception as error:
+            await transport.dead_letter(delivery, error=_decode_error_text(delivery, error), handler=None)
+            return
+        if not self.bus.handlers_for(type(event)):
+            await transport.dead_letter(
+                delivery,
+                error=f"no handler: the bus of group {self.group!r} has no handler for {type(event).__qualname__}",
+                handler=None,
+            )
+            return
+        done = await transport.handlers_done(delivery) if delivery.deliveries > 1 else frozenset()
+        dispatch = _Dispatch(self, done)
+        headers = dict(delivery.headers)
+        headers[MESSAGE_ID_HEADER] = delivery.message_id
+        await self.bus.publish(event, strategy=dispatch, headers=headers, message_id=delivery.message_id)
+        if not dispatch.failed:
+            if inbox is not None:
+                await inbox.record(self.group, delivery.message_id)
+            await self._ack(delivery)
+            return
+        name, error = dispatch.failed[0]
+        if len(dispatch.failed) > 1:
+            logger.debug("more failures on %r: %r", delivery, dispatch.failed[1:])
+        if delivery.deliveries >= self.max_deliveries:
+            logger.error(
+                "worker %s of group %r: %r failed in %s for the last time: dead-lettered",
+                self.consumer,
+                self.group,
+                delivery,
+                name,
+                exc_info=error,
+            )
+            await transport.dead_letter(delivery, error=_error_text(error), handler=name)
+            return
+        logger.warning(
+            "worker %s of group %r: %r failed in %s (%s): retrying",
+            self.consumer,
+            self.group,
+            delivery,
+            name,
+            _error_text(error),
+        )
+        if dispatch.succeeded:
+            await transport.mark_handlers_done(delivery, sorted(done.union(dispatch.succeeded)))
+        await transport.retry(delivery, max(0.0, float(self._backoff(delivery.deliveries))))
+
+    def _names_of(self, runs: Sequence[Any]) -> List[str]:
+        """Each run's handler name, unique within the event (``name#2`` for a repeat)."""
+        names = []
+        seen: Set[str] = set()
+        cache = self._names
+        for run in runs:
+            handler = run.handler
+            name = cache.get(handler)
+            if name is None:
+                name = cache[handler] = handler_name(handler)
+            if name in seen:
+                index = 2
+                while f"{name}#{index}" in seen:
+                    index += 1
+                name = f"{name}#{index}"
+            seen.add(name)
+            names.append(name)
+        return names
+
+    async def _ack(self, delivery: Delivery) -> None:
+        """Acknowledge, in one batch with the others settled in the same loop iteration."""
+        batch = self._ack_batch
+        if batch is None:
+            loop = asyncio.get_running_loop()
+            batch = self._ack_batch = ([], loop.create_future())
+            loop.call_soon(self._flush_acks)
+        batch[0].append(delivery)
+        await asyncio.shield(batch[1])
+
+    def _flush_acks(self) -> None:
+        batch = self._ack_batch
+        self._ack_batch = None
+        if batch is not None:
+            asyncio.get_running_loop().create_task(self._send_acks(*batch))
+
+    async def _send_acks(self, deliveries: List[Delivery], future: "asyncio.Future[None]") -> None:
+        try:
+            await self.transport.ack(deliveries)
+        except BaseException as error:
+            if not future.done():
+                future.set_exception(error)
+                future.exception()  # each waiter raises it; none left is not a lost error
+        else:
+            if not future.done():
+                future.set_result(None)
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.consumer!r} of group {self.group!r}>"
+
+
+def _decode_error_text(delivery: Delivery, error: BaseException) -> str:
+    try:
+        from mediator.codec import UnknownTypeError
+    except ImportError:  # pragma: no cover - the codec ships with the package
+        UnknownTypeError = ()  # type: ignore[assignment,misc]
+    if isinstance(error, UnknownTypeError):
+        return f"unknown type: {delivery.type!r} is not a registered event type ({_error_text(error)})"
+    return f"undecodable payload: {delivery.type!r} ({_error_text(error)})"
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
