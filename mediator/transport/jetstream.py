@@ -1,0 +1,706 @@
+"""The NATS JetStream transport (``nats://`` and ``tls://`` URLs; needs the ``nats`` extra).
+
+Layout on the server, for a ``prefix`` (default ``"mediator"``):
+
+* one stream ``{prefix}_events`` over the subjects ``{prefix}.e.<type>`` (the codec type
+  string, version included, escaped into one subject token), file storage, at most
+  ``maxlen`` messages per subject (the oldest are dropped), deduplicated on
+  ``Nats-Msg-Id`` = the message id within ``duplicate_window`` seconds;
+* one durable pull consumer per group on ``{prefix}.e.>`` (explicit acks, ``ack_wait`` =
+  the worker's ``claim_idle``, unlimited deliveries: the worker counts them and
+  dead-letters), created with deliver policy ``new`` (``start="latest"``) or ``all``;
+* one stream ``{prefix}_dead`` for the dead letters, a subject ``{prefix}.dead.<group>``
+  per group, never trimmed;
+* one key-value bucket ``{prefix}_marks`` keyed by (group, message id): the handlers that
+  already succeeded for a message that is being retried, and how many times it was
+  released at shutdown (a release is a JetStream nak, which JetStream counts as a
+  delivery; the contract does not).
+
+A message's type travels in its subject, its id in ``Nats-Msg-Id``, its key and headers
+(when it has them) in the ``Mediator-Key`` / ``Mediator-Headers`` headers as JSON. A
+requeued dead letter is published again on its type's subject with ``Mediator-Group``:
+every other group skips it (acknowledges it unseen). A group's consumer sees every type;
+``fetch`` acknowledges unseen the types the group's workers did not ask for.
+
+Claims are JetStream's: a fetched message belongs to its consumer until acked, nakked
+(``retry``: nak with the delay; ``release``: nak now) or until ``ack_wait`` passes without
+an ack or an in-progress (``extend``: ``+WPI``), when JetStream delivers it again.
+Connection losses are survived: nats-py reconnects for ever; publishes and API calls are
+retried with backoff for ``reconnect_timeout`` seconds, publishes with the same
+``Nats-Msg-Id``, so a retry after a lost PubAck stores nothing twice.
+"""
+
+import asyncio
+import collections
+import json
+import logging
+import re
+import time
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+from typing import Any, AsyncIterator, Awaitable, Callable, Deque, Dict, FrozenSet, List, Optional, Sequence, Set, TypeVar
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+
+from mediator.transport.base import (
+    START_EARLIEST,
+    DeadLetter,
+    Delivery,
+    Transport,
+    check_name,
+    check_start,
+    type_family,
+)
+from mediator.transport.errors import (
+    ConsumerGroupError,
+    PublishError,
+    TransportClosedError,
+    TransportConnectionError,
+    UnsupportedURLError,
+)
+
+__all__ = ["JetStreamTransport"]
+
+log = logging.getLogger("mediator.transport.jetstream")
+
+T = TypeVar("T")
+
+_KEY_HEADER = "Mediator-Key"
+_HEADERS_HEADER = "Mediator-Headers"
+_GROUP_HEADER = "Mediator-Group"
+_ID_HEADER = "Mediator-Id"
+_DEAD_HEADER = "Mediator-Dead"
+_MSG_ID = "Nats-Msg-Id"
+
+_SAFE = re.compile(r"[A-Za-z0-9-]")
+_PREFIX = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_MESSAGE_ID = re.compile(r"^[!-~]{1,512}$")
+
+#: Errors after which a request is worth sending again (the server restarts, a leader moves).
+_TRANSIENT = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.StaleConnectionError,
+    nats.js.errors.ServiceUnavailableError,
+    asyncio.TimeoutError,
+    ConnectionError,
+)
+
+_ACK = b""
+_NAK = b"-NAK"
+_PROGRESS = b"+WPI"
+
+
+def _token(text: str) -> str:
+    """``text`` as one subject / consumer / key token: ``[A-Za-z0-9-]`` kept, the rest ``_XX``."""
+    if text.isascii() and text.replace("-", "").isalnum():
+        return text
+    return "".join(c if _SAFE.match(c) else "".join(f"_{b:02X}" for b in c.encode()) for c in text)
+
+
+def _untoken(token: str) -> str:
+    """The text ``_token`` escaped."""
+    if "_" not in token:
+        return token
+    out = bytearray()
+    i = 0
+    while i < len(token):
+        if token[i] == "_":
+            out += bytes.fromhex(token[i + 1 : i + 3])
+            i += 3
+        else:
+            out += token[i].encode()
+            i += 1
+    return out.decode()
+
+
+def _ack_numbers(reply: str) -> "tuple[int, int]":
+    """(deliveries, stream sequence) from a JetStream ack subject (v1 and v2 forms)."""
+    tokens = reply.split(".")
+    if len(tokens) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
+        return int(tokens[4]), int(tokens[5])
+    # $JS.ACK.<domain>.<account hash>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>[.<token>]
+    return int(tokens[6]), int(tokens[7])
+
+
+def _split_url(url: str) -> "tuple[str, Dict[str, str]]":
+    """The server URL without its query, and the query's options (``?prefix=...&maxlen=...``)."""
+    if not isinstance(url, str):
+        raise UnsupportedURLError(f"a NATS URL must be a str, got {url!r}")
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("nats", "tls"):
+        raise UnsupportedURLError(f"JetStreamTransport takes a nats:// or tls:// URL, got {url!r}")
+    options = {name: values[-1] for name, values in parse_qs(parts.query, keep_blank_values=True).items()}
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")), options
+
+
+class _Puller:
+    """The pull subscription of one group: pull requests out, messages into a buffer."""
+
+    __slots__ = ("subject", "inbox", "sub", "buffer", "waiter", "outstanding", "deadline")
+
+    def __init__(self, subject: str, inbox: str) -> None:
+        self.subject = subject  # $JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>
+        self.inbox = inbox
+        self.sub: Any = None
+        self.buffer: Deque[Any] = collections.deque()
+        self.waiter: Optional[asyncio.Future] = None
+        self.outstanding = 0  # messages requested and not yet received
+        self.deadline = 0.0  # when the open pull request expires (monotonic)
+
+    async def on_message(self, msg: Any) -> None:
+        if msg.reply:
+            self.buffer.append(msg)
+            self.outstanding -= 1
+        else:  # a status: 404/408 the request ended, 409 refused, 100 a heartbeat
+            status = (msg.headers or {}).get("Status")
+            if status != "100":
+                self.outstanding = 0
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class JetStreamTransport(Transport):
+    """Events on NATS JetStream (see the module docstring for the layout).
+
+    ``JetStreamTransport("nats://127.0.0.1:4222", prefix="mediator", maxlen=1_000_000,
+    duplicate_window=120.0, reconnect_timeout=30.0, request_timeout=2.0)``: ``maxlen`` is
+    the most messages kept per type (per subject), ``duplicate_window`` how long (s) a
+    message id deduplicates, ``reconnect_timeout`` how long (s) a publish or an API call
+    is retried across a lost connection before ``TransportConnectionError``.
+    """
+
+    scheme = "nats"
+
+    def __init__(
+        self,
+        url: str = "nats://127.0.0.1:4222",
+        *,
+        codec: Any = None,
+        prefix: str = "mediator",
+        maxlen: Optional[int] = 1_000_000,
+        duplicate_window: float = 120.0,
+        reconnect_timeout: float = 30.0,
+        request_timeout: float = 2.0,
+        marks_ttl: float = 7 * 24 * 3600.0,
+    ) -> None:
+        super().__init__(codec=codec)
+        url, options = _split_url(url)
+        prefix = options.pop("prefix", prefix)
+        if "maxlen" in options:
+            maxlen = None if options["maxlen"] in ("", "none") else int(options.pop("maxlen"))
+        if options:
+            raise ValueError(f"unknown option(s) {sorted(options)} in the NATS URL (known: prefix, maxlen)")
+        if not isinstance(prefix, str) or not _PREFIX.match(prefix):
+            raise ValueError(f"prefix must be 1-64 letters, digits, '_' or '-', got {prefix!r}")
+        if maxlen is not None and (not isinstance(maxlen, int) or maxlen < 1):
+            raise ValueError(f"maxlen must be a positive int or None, got {maxlen!r}")
+        self.url = url
+        self.prefix = prefix
+        self.maxlen = maxlen
+        self.duplicate_window = float(duplicate_window)
+        self.reconnect_timeout = float(reconnect_timeout)
+        self.request_timeout = float(request_timeout)
+        self.marks_ttl = float(marks_ttl)
+        self.stream = f"{prefix}_events"
+        self.dead_stream = f"{prefix}_dead"
+        self.marks_bucket = f"{prefix}_marks"
+        self._nc: Any = None
+        self._js: Any = None
+        self._kv: Any = None
+        self._opening: Optional[asyncio.Future] = None
+        self._subjects: Dict[str, str] = {}  # type string -> subject
+        self._types: Dict[str, str] = {}  # subject -> type string
+        self._pullers: Dict[str, _Puller] = {}
+        self._families: Dict[str, Set[str]] = {}  # group -> the type families its workers asked for
+
+    def __repr__(self) -> str:
+        return f"<JetStreamTransport {self.url} prefix={self.prefix!r}{' closed' if self._closed else ''}>"
+
+    # -- connection ------------------------------------------------------------------------
+
+    async def _open(self) -> None:
+        if self._js is not None:
+            return
+        if self._opening is None:
+            self._opening = asyncio.ensure_future(self._connect())
+        try:
+            await asyncio.shield(self._opening)
+        except BaseException:
+            if self._opening.done():
+                self._opening = None
+            raise
+
+    async def _connect(self) -> None:
+        wait = 0.25
+
+        async def error_cb(error: Exception) -> None:
+            log.debug("%r: %s", self, error)
+
+        try:
+            nc = await nats.connect(
+                servers=[self.url],
+                allow_reconnect=True,
+                reconnect_time_wait=wait,
+                max_reconnect_attempts=max(1, int(self.reconnect_timeout / wait)),
+                connect_timeout=min(2.0, self.reconnect_timeout),
+                error_cb=error_cb,
+                name=f"mediator {self.prefix}",
+            )
+        except Exception as error:
+            raise TransportConnectionError(f"{self!r}: cannot connect to NATS at {self.url}: {error!r}") from error
+        nc.options["max_reconnect_attempts"] = -1  # connected once: reconnect for ever
+        js = nc.jetstream(timeout=self.request_timeout)
+        try:
+            await self._retrying("create the streams", lambda: self._declare(js))
+            self._kv = await self._retrying("create the marks bucket", lambda: self._declare_marks(js))
+        except BaseException:
+            await nc.close()
+            raise
+        self._nc, self._js = nc, js
+
+    async def _declare(self, js: Any) -> None:
+        await self._add_stream(
+            js,
+            StreamConfig(
+                name=self.stream,
+                subjects=[f"{self.prefix}.e.>"],
+                retention=RetentionPolicy.LIMITS,
+                storage=StorageType.FILE,
+                discard=DiscardPolicy.OLD,
+                max_msgs_per_subject=self.maxlen if self.maxlen is not None else -1,
+                duplicate_window=self.duplicate_window,
+            ),
+        )
+        await self._add_stream(
+            js,
+            StreamConfig(
+                name=self.dead_stream,
+                subjects=[f"{self.prefix}.dead.>"],
+                retention=RetentionPolicy.LIMITS,
+                storage=StorageType.FILE,
+                duplicate_window=self.duplicate_window,
+            ),
+        )
+
+    async def _add_stream(self, js: Any, config: StreamConfig) -> None:
+        try:
+            await js.stream_info(config.name)
+        except nats.js.errors.NotFoundError:
+            try:
+                await js.add_stream(config)
+            except nats.js.errors.BadRequestError as error:
+                if "already in use" not in str(error):  # made meanwhile by another process
+                    raise ConsumerGroupError(f"{self!r}: cannot create the stream {config.name}: {error}") from error
+
+    async def _declare_marks(self, js: Any) -> Any:
+        try:
+            return await js.key_value(self.marks_bucket)
+        except nats.js.errors.BucketNotFoundError:
+            return await js.create_key_value(bucket=self.marks_bucket, history=1, ttl=self.marks_ttl)
+
+    async def _close(self) -> None:
+        nc, self._nc, self._js = self._nc, None, None
+        pullers, self._pullers = list(self._pullers.values()), {}
+        if nc is None:
+            if self._opening is not None:
+                self._opening.cancel()
+            return
+        for puller in pullers:
+            if puller.waiter is not None and not puller.waiter.done():
+                puller.waiter.set_result(None)
+            for msg in puller.buffer:  # fetched from the server, never handed out: give back
+                try:
+                    await nc.publish(msg.reply, _NAK)
+                except Exception:
+                    pass
+            puller.buffer.clear()
+        try:
+            await nc.drain()
+        except Exception:
+            await nc.close()
+
+    def _client(self) -> Any:
+        nc = self._nc
+        if nc is None or self._closed:
+            raise TransportClosedError(f"{self!r} is closed" if self._closed else f"{self!r} is not open")
+        return nc
+
+    async def _ensure_open(self) -> Any:
+        if self._nc is None and not self._closed:
+            await self.open()
+        return self._client()
+
+    async def _retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()``, again with backoff while the server is unreachable, for ``reconnect_timeout``."""
+        deadline = time.monotonic() + self.reconnect_timeout
+        delay = 0.05
+        while True:
+            if self._closed:
+                raise TransportClosedError(f"{self!r} is closed: cannot {what}")
+            try:
+                return await call()
+            except nats.errors.ConnectionClosedError as error:
+                raise TransportClosedError(f"{self!r} is closed: cannot {what}") from error
+            except _TRANSIENT as error:
+                if time.monotonic() + delay > deadline:
+                    raise TransportConnectionError(
+                        f"{self!r}: could not {what} within {self.reconnect_timeout:g} s: {error!r}"
+                    ) from error
+                log.debug("%r: %s failed (%r), retrying in %.2f s", self, what, error, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    # -- publishing -------------------------------------------------------------------------
+
+    def _subject(self, type: str) -> str:
+        subject = self._subjects.get(type)
+        if subject is None:
+            subject = f"{self.prefix}.e.{_token(type)}"
+            if len(self._subjects) < 10_000:
+                self._subjects[type] = subject
+                self._types[subject] = type
+        return subject
+
+    def _type_of(self, subject: str) -> str:
+        type = self._types.get(subject)
+        if type is None:
+            type = _untoken(subject.rpartition(".")[2])
+            if len(self._types) < 10_000:
+                self._types[subject] = type
+                self._subjects[type] = subject
+        return type
+
+    async def _store(self, what: str, subject: str, payload: bytes, headers: Dict[str, str]) -> Dict[str, Any]:
+        """Publish to a stream and wait for its PubAck (retried with the same Nats-Msg-Id)."""
+        nc = await self._ensure_open()
+        timeout = self.request_timeout
+
+        async def send() -> Any:
+            return await nc.request(subject, payload, timeout=timeout, headers=headers)
+
+        reply = await self._retrying(what, send)
+        answer = json.loads(reply.data)
+        error = answer.get("error")
+        if error is not None:
+            raise PublishError(f"{self!r}: JetStream refused to {what}: {error.get('description', error)}")
+        return answer
+
+    async def _send(self, type: str, payload: bytes, key: Optional[str], headers: Dict[str, str], message_id: str) -> None:
+        if not _MESSAGE_ID.match(message_id):
+            raise ValueError(
+                f"a JetStream message id must be 1-512 printable ASCII characters without spaces, got {message_id!r}"
+            )
+        nats_headers = {_MSG_ID: message_id}
+        if key is not None:
+            nats_headers[_KEY_HEADER] = json.dumps(key)
+        if headers:
+            nats_headers[_HEADERS_HEADER] = json.dumps(headers)
+        await self._store(f"publish a {type} message", self._subject(type), payload, nats_headers)
+
+    # -- groups -----------------------------------------------------------------------------
+
+    async def ensure_group(self, group: str, types: Sequence[str], *, start: str, claim_idle: float) -> None:
+        check_name("group", group)
+        check_start(start)
+        if not claim_idle > 0:
+            raise ValueError(f"claim_idle must be a positive number of seconds, got {claim_idle!r}")
+        await self._ensure_open()
+        js = self._js
+        durable = _token(group)
+        config = ConsumerConfig(
+            durable_name=durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=float(claim_idle),
+            deliver_policy=DeliverPolicy.ALL if start == START_EARLIEST else DeliverPolicy.NEW,
+            filter_subject=f"{self.prefix}.e.>",
+            max_deliver=-1,
+            max_ack_pending=-1,
+        )
+
+        async def declare() -> None:
+            try:
+                info = await js.consumer_info(self.stream, durable)
+            except nats.js.errors.NotFoundError:
+                await js.add_consumer(self.stream, config)
+                return
+            if info.config.ack_wait != config.ack_wait:  # the newest worker's claim_idle rules
+                config.deliver_policy = info.config.deliver_policy
+                await js.add_consumer(self.stream, config)
+
+        try:
+            await self._retrying(f"create the consumer group {group!r}", declare)
+        except nats.js.errors.APIError as error:
+            raise ConsumerGroupError(f"{self!r}: cannot create the consumer group {group!r}: {error}") from error
+        self._families.setdefault(group, set()).update(type_family(t) for t in types)
+        if group not in self._pullers:
+            await self._puller(group)
+
+    async def _puller(self, group: str) -> _Puller:
+        puller = self._pullers.get(group)
+        if puller is None:
+            nc = self._client()
+            puller = _Puller(f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{_token(group)}", nc.new_inbox())
+            self._pullers[group] = puller
+            puller.sub = await nc.subscribe(puller.inbox, cb=puller.on_message, pending_msgs_limit=-1, pending_bytes_limit=-1)
+        return puller
+
+    async def fetch(self, group: str, consumer: str, max_messages: int, timeout: float) -> List[Delivery]:
+        nc = await self._ensure_open()
+        puller = self._pullers.get(group) or await self._puller(group)
+        families = self._families.get(group)
+        deadline = time.monotonic() + timeout
+        while True:
+            buffer = puller.buffer
+            if not buffer:
+                now = time.monotonic()
+                remaining = deadline - now
+                if remaining <= 0 or self._closed:
+                    return []
+                if puller.outstanding <= 0 or now >= puller.deadline:
+                    expires = max(remaining, 0.05)
+                    request = {"batch": max_messages, "expires": int(expires * 1e9)}
+                    try:
+                        await nc.publish(puller.subject, json.dumps(request).encode(), reply=puller.inbox)
+                    except nats.errors.ConnectionClosedError as error:
+                        raise TransportClosedError(f"{self!r} is closed") from error
+                    except _TRANSIENT:
+                        await asyncio.sleep(min(remaining, 0.1))
+                        continue
+                    puller.outstanding = max_messages
+                    puller.deadline = now + expires + 0.05
+                loop = asyncio.get_running_loop()
+                puller.waiter = waiter = loop.create_future()
+                try:
+                    await asyncio.wait_for(waiter, min(remaining, max(puller.deadline - now, 0.01)))
+                except asyncio.TimeoutError:
+                    pass
+                finally:
+                    puller.waiter = None
+                if self._closed:
+                    return []
+                if not buffer:
+                    continue
+                if len(buffer) < max_messages and puller.outstanding > 0:
+                    await asyncio.sleep(0)  # the rest of the batch is likely in the same read
+            deliveries: List[Delivery] = []
+            redelivered: List[Delivery] = []
+            while buffer and len(deliveries) < max_messages:
+                msg = buffer.popleft()
+                delivery = self._delivery(group, msg, families)
+                if delivery is None:
+                    await nc.publish(msg.reply, _ACK)  # not this group's
+                    continue
+                deliveries.append(delivery)
+                if delivery.deliveries > 1:
+                    redelivered.append(delivery)
+            if redelivered:
+                await self._subtract_releases(redelivered)
+            if deliveries:
+                return deliveries
+
+    def _delivery(self, group: str, msg: Any, families: Optional[Set[str]]) -> Optional[Delivery]:
+        type = self._type_of(msg.subject)
+        headers = msg.headers
+        target = headers.get(_GROUP_HEADER)
+        if target is not None and target != group:
+            return None
+        if families is not None and type_family(type) not in families:
+            return None
+        deliveries, sequence = _ack_numbers(msg.reply)
+        key = headers.get(_KEY_HEADER)
+        user_headers = headers.get(_HEADERS_HEADER)
+        return Delivery(
+            group,
+            headers.get(_ID_HEADER) or headers[_MSG_ID],
+            type,
+            msg.data,
+            json.loads(user_headers) if user_headers is not None else {},
+            json.loads(key) if key is not None else None,
+            deliveries,
+            (msg, deliveries, sequence),
+        )
+
+    # -- acknowledgements -------------------------------------------------------------------
+
+    async def _reply(self, deliveries: Sequence[Delivery], payload: bytes) -> None:
+        nc = self._client()
+        try:
+            for delivery in deliveries:
+                await nc.publish(delivery.token[0].reply, payload)
+        except nats.errors.ConnectionClosedError as error:
+            raise TransportClosedError(f"{self!r} is closed") from error
+        except _TRANSIENT as error:
+            # The claim is JetStream's: an ack that never arrives means a redelivery after
+            # ack_wait (at least once), a lost nak or progress likewise.
+            log.warning("%r: could not reach NATS to answer %d message(s): %r", self, len(deliveries), error)
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        await self._reply(deliveries, _ACK)
+        for delivery in deliveries:
+            if delivery.token[1] > 1:
+                await self._forget_marks(delivery)
+
+    async def retry(self, delivery: Delivery, delay: float) -> None:
+        payload = _NAK if delay <= 0 else _NAK + b' {"delay": %d}' % int(delay * 1e9)
+        await self._reply([delivery], payload)
+
+    async def release(self, deliveries: Sequence[Delivery]) -> None:
+        for delivery in deliveries:
+            await self._update_marks(delivery, released=1)
+        await self._reply(deliveries, _NAK)
+
+    async def extend(self, deliveries: Sequence[Delivery]) -> None:
+        await self._reply(deliveries, _PROGRESS)
+
+    async def dead_letter(self, delivery: Delivery, *, error: str, handler: Optional[str]) -> None:
+        msg, _, sequence = delivery.token
+        record = {
+            "id": delivery.message_id,
+            "type": delivery.type,
+            "key": delivery.key,
+            "headers": delivery.headers,
+            "error": error,
+            "handler": handler,
+            "deliveries": delivery.deliveries,
+        }
+        headers = {_MSG_ID: f"{_token(delivery.group)}.{sequence}", _DEAD_HEADER: json.dumps(record)}
+        subject = f"{self.prefix}.dead.{_token(delivery.group)}"
+        await self._store(f"dead-letter the {delivery.type} message {delivery.message_id}", subject, delivery.payload, headers)
+        await self.ack([delivery])
+
+    # -- per-handler progress and release counts (the marks bucket) --------------------------
+
+    def _mark_key(self, delivery: Delivery) -> str:
+        return f"{_token(delivery.group)}.{_token(delivery.message_id)}"
+
+    async def _read_marks(self, delivery: Delivery) -> Dict[str, Any]:
+        kv = self._kv
+        key = self._mark_key(delivery)
+
+        async def get() -> Optional[Any]:
+            try:
+                return await kv.get(key)
+            except nats.js.errors.KeyNotFoundError:
+                return None
+
+        entry = await self._retrying(f"read the progress of {delivery.message_id}", get)
+        if entry is None or not entry.value:
+            return {}
+        return json.loads(entry.value)
+
+    async def _update_marks(self, delivery: Delivery, *, done: Sequence[str] = (), released: int = 0) -> None:
+        await self._ensure_open()
+        marks = await self._read_marks(delivery)
+        if done:
+            marks["done"] = sorted(set(marks.get("done", ())) | set(done))
+        if released:
+            marks["released"] = marks.get("released", 0) + released
+        value = json.dumps(marks).encode()
+        kv = self._kv
+        key = self._mark_key(delivery)
+        await self._retrying(f"record the progress of {delivery.message_id}", lambda: kv.put(key, value))
+
+    async def _forget_marks(self, delivery: Delivery) -> None:
+        kv = self._kv
+        key = self._mark_key(delivery)
+        try:
+            await self._retrying(f"drop the progress of {delivery.message_id}", lambda: kv.purge(key))
+        except TransportConnectionError as error:  # the bucket's ttl drops it eventually
+            log.warning("%s", error)
+
+    async def _subtract_releases(self, deliveries: Sequence[Delivery]) -> None:
+        for delivery in deliveries:
+            released = (await self._read_marks(delivery)).get("released", 0)
+            if released:
+                delivery.deliveries = max(1, delivery.deliveries - released)
+
+    async def handlers_done(self, delivery: Delivery) -> FrozenSet[str]:
+        await self._ensure_open()
+        return frozenset((await self._read_marks(delivery)).get("done", ()))
+
+    async def mark_handlers_done(self, delivery: Delivery, names: Sequence[str]) -> None:
+        if names:
+            await self._update_marks(delivery, done=names)
+
+    # -- dead letters -----------------------------------------------------------------------
+
+    async def dead_letters(self, group: str) -> AsyncIterator[DeadLetter]:  # type: ignore[override]
+        check_name("group", group)
+        await self._ensure_open()
+        js = self._js
+        subject = f"{self.prefix}.dead.{_token(group)}"
+        sequence = 1
+        while True:
+
+            async def get_next(sequence: int = sequence) -> Optional[Any]:
+                try:
+                    return await js.get_msg(self.dead_stream, seq=sequence, next=True, subject=subject)
+                except nats.js.errors.NotFoundError:
+                    return None
+
+            raw = await self._retrying(f"read the dead letters of {group!r}", get_next)
+            if raw is None:
+                return
+            record = json.loads(raw.headers[_DEAD_HEADER])
+            yield DeadLetter(
+                group,
+                record["id"],
+                record["type"],
+                raw.data or b"",
+                record["headers"],
+                record["key"],
+                record["error"],
+                record["handler"],
+                record["deliveries"],
+                raw.seq,
+            )
+            sequence = raw.seq + 1
+
+    async def requeue(self, letter: DeadLetter) -> None:
+        if not isinstance(letter, DeadLetter) or not isinstance(letter.token, int):
+            raise TypeError(f"requeue takes a DeadLetter from this transport's dead_letters(), got {letter!r}")
+        await self._ensure_open()
+        js = self._js
+        headers = {
+            _MSG_ID: f"{letter.message_id}~requeued~{letter.token}",
+            _ID_HEADER: letter.message_id,
+            _GROUP_HEADER: letter.group,
+        }
+        if letter.key is not None:
+            headers[_KEY_HEADER] = json.dumps(letter.key)
+        if letter.headers:
+            headers[_HEADERS_HEADER] = json.dumps(letter.headers)
+        await self._store(f"requeue the {letter.type} message {letter.message_id}", self._subject(letter.type), letter.payload, headers)
+
+        async def delete() -> None:
+            try:
+                await js.delete_msg(self.dead_stream, letter.token)
+            except nats.js.errors.NotFoundError:
+                pass  # requeued twice: the first one deleted it
+
+        await self._retrying(f"remove the dead letter {letter.message_id}", delete)
+
+    # -- tools (benchmarks, tests, operations) ----------------------------------------------
+
+    async def pending(self, group: str) -> int:
+        """Messages of ``group`` not yet acknowledged: delivered and unacked, plus undelivered."""
+        await self._ensure_open()
+        js = self._js
+        info = await self._retrying(f"read the group {group!r}", lambda: js.consumer_info(self.stream, _token(group)))
+        return int(info.num_ack_pending + info.num_pending)
+
+    async def destroy(self) -> None:
+        """Delete this prefix's streams, consumers and marks from the server (tests, benchmarks)."""
+        await self._ensure_open()
+        js = self._js
+        for stream in (self.stream, self.dead_stream, f"KV_{self.marks_bucket}"):
+            try:
+                await js.delete_stream(stream)
+            except nats.js.errors.NotFoundError:
+                pass
