@@ -20,13 +20,13 @@ Rows:
   virtualenv) with a consumer-group ``StreamSub`` (max_records=100) that acknowledges
   after the handler (``AckPolicy.ACK``); publishes gathered 100 at a time.
 * ``redis mediator``: this project's Redis transport and ``Worker`` (concurrency 64),
-  publishes gathered 100 at a time; ``redis mediator batch`` publishes with
-  ``publish_many`` when the transport has it.
+  ``transport.publish`` gathered 100 at a time (the transport pipelines the publishes
+  issued in one loop iteration).
 * ``nats raw``: the floor, nats-py: JetStream publishes gathered 100 at a time (each
   awaits its PubAck), a durable pull consumer, fetch(100), ``ack()`` each.
 * ``nats faststream``: FastStream's JetStream pull subscriber (``PullSub(batch_size=100)``,
   durable, ``AckPolicy.ACK``).
-* ``nats mediator`` (``… batch``): this project's JetStream transport and ``Worker``.
+* ``nats mediator``: this project's JetStream transport and ``Worker``, publishes as above.
 
 Each row runs in a fresh process, rounds interleaved (every row once, then again), best of
 ``--repeat`` for the rate, median for the latencies. Stream names carry a uuid and are
@@ -56,11 +56,9 @@ ROWS: Dict[str, str] = {  # row -> interpreter ("ours" or "faststream")
     "redis raw": "ours",
     "redis faststream": "faststream",
     "redis mediator": "ours",
-    "redis mediator batch": "ours",
     "nats raw": "ours",
     "nats faststream": "faststream",
     "nats mediator": "ours",
-    "nats mediator batch": "ours",
 }
 
 
@@ -327,7 +325,7 @@ async def nats_faststream(args: argparse.Namespace) -> Dict[str, float]:
 # -- this project ---------------------------------------------------------------------
 
 
-async def mediator_row(args: argparse.Namespace, url: str, batch: bool) -> Dict[str, float]:
+async def mediator_row(args: argparse.Namespace, url: str) -> Dict[str, float]:
     from dataclasses import dataclass
 
     from mediator.event import LocalEventBus
@@ -353,25 +351,18 @@ async def mediator_row(args: argparse.Namespace, url: str, batch: bool) -> Dict[
     prefix = f"bench-{uuid.uuid4().hex[:12]}"
     group = "g"
     async with connect(url, prefix=prefix) as transport:
-        publish_many = getattr(transport, "publish_many", None)
-        if batch and publish_many is None:
-            raise SystemExit("the transport has no publish_many")
-        async with Worker(transport, bus, group=group, concurrency=64) as worker:
-            runner = asyncio.ensure_future(worker.run())
-            await worker_ready(worker)
+        async with Worker(transport, bus, group=group, concurrency=64, handle_signals=False) as worker:
+            runner = asyncio.ensure_future(worker.run())  # the group exists once opened
 
             async def publish_chunk(first: int, count: int) -> None:
                 events = [OrderPlaced(**event_fields(first + i)) for i in range(count)]
-                if batch:
-                    await publish_many(events)
-                else:
-                    await asyncio.gather(*(transport.publish(e) for e in events))
+                await asyncio.gather(*(transport.publish(e) for e in events))
 
             async def publish_one(i: int) -> None:
                 await transport.publish(OrderPlaced(**event_fields(i)))
 
             async def pending() -> int:
-                return int(await transport.pending(group))
+                return await unacknowledged(transport, url, prefix, group)
 
             try:
                 return await run_row(
@@ -380,27 +371,48 @@ async def mediator_row(args: argparse.Namespace, url: str, batch: bool) -> Dict[
             finally:
                 await worker.aclose(5)
                 await runner
-                await transport.destroy()
+                await drop(transport, url, prefix)
 
 
-async def worker_ready(worker: Any) -> None:
-    """Wait until the worker's group exists (it sees what is published from then on)."""
-    ready = getattr(worker, "ready", None)
-    if ready is not None:
-        await ready.wait()
-    else:
-        await asyncio.sleep(0.2)
+async def unacknowledged(transport: Any, url: str, prefix: str, group: str) -> int:
+    """Messages of ``group`` delivered and not yet acknowledged (read from the broker)."""
+    if url.startswith("nats"):
+        return int(await transport.pending(group))
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(url)
+    try:
+        total = 0
+        async for key in client.scan_iter(match=f"{prefix}:s:*"):
+            total += int((await client.xpending(key, group))["pending"])
+        return total
+    finally:
+        await client.aclose()
+
+
+async def drop(transport: Any, url: str, prefix: str) -> None:
+    """Delete what the row left on the broker."""
+    if url.startswith("nats"):
+        await transport.destroy()
+        return
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(url)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}:*")]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
 
 
 WORKERS: Dict[str, Callable[[argparse.Namespace], Awaitable[Dict[str, float]]]] = {
     "redis raw": redis_raw,
     "redis faststream": redis_faststream,
-    "redis mediator": lambda a: mediator_row(a, a.redis_url, False),
-    "redis mediator batch": lambda a: mediator_row(a, a.redis_url, True),
+    "redis mediator": lambda a: mediator_row(a, a.redis_url),
     "nats raw": nats_raw,
     "nats faststream": nats_faststream,
-    "nats mediator": lambda a: mediator_row(a, a.nats_url, False),
-    "nats mediator batch": lambda a: mediator_row(a, a.nats_url, True),
+    "nats mediator": lambda a: mediator_row(a, a.nats_url),
 }
 
 
