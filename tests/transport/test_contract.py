@@ -388,6 +388,33 @@ def test_graceful_close_finishes_in_flight_messages_and_acknowledges_them(backen
     run(main())
 
 
+def test_messages_fetched_as_the_worker_closes_go_back_at_once(backend: Any, run: Any) -> None:
+    seen: List[int] = []
+    bus = LocalEventBus()
+
+    @bus.register
+    async def on_tick(event: Tick) -> None:
+        seen.append(event.n)
+
+    async def main() -> None:
+        async with backend.connect() as transport:
+            worker = Worker(transport, bus, group="g", handle_signals=False, poll=2.0, claim_idle=30.0)
+            await worker.open()
+            task = asyncio.ensure_future(worker.run())
+            await asyncio.sleep(0.3)  # the worker waits in a fetch
+            closing = asyncio.ensure_future(worker.aclose(5))
+            await asyncio.sleep(0.05)
+            message_id = await transport.publish(Tick(4))  # the waiting fetch gets it
+            await closing
+            await task
+            assert seen == []
+            # Released: another consumer gets it now (not after claim_idle), not counted.
+            again = await transport.fetch("g", "other", 10, 2.0)
+            assert [(d.message_id, d.deliveries) for d in again] == [(message_id, 1)]
+
+    run(main())
+
+
 def test_close_timeout_cancels_without_acknowledging(backend: Any, run: Any) -> None:
     runs: List[int] = []
     cancelled: List[int] = []
