@@ -103,7 +103,7 @@ def _token(text: str) -> str:
 
 
 def _untoken(token: str) -> str:
-    """The text ``_token`` escaped."""
+    """The text ``_token`` escaped (``ValueError`` if ``token`` is not one)."""
     if "_" not in token:
         return token
     out = bytearray()
@@ -141,7 +141,7 @@ def _split_url(url: str) -> "tuple[str, Dict[str, str]]":
 class _Puller:
     """The pull subscription of one group: pull requests out, messages into a buffer."""
 
-    __slots__ = ("subject", "inbox", "sub", "buffer", "waiter", "outstanding", "deadline")
+    __slots__ = ("subject", "inbox", "sub", "buffer", "waiter", "outstanding", "deadline", "refused")
 
     def __init__(self, subject: str, inbox: str) -> None:
         self.subject = subject  # $JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>
@@ -151,15 +151,19 @@ class _Puller:
         self.waiter: Optional[asyncio.Future] = None
         self.outstanding = 0  # messages requested and not yet received
         self.deadline = 0.0  # when the open pull request expires (monotonic)
+        self.refused: Optional[str] = None  # why the server refused the last pull request (409)
 
     async def on_message(self, msg: Any) -> None:
         if msg.reply:
             self.buffer.append(msg)
             self.outstanding -= 1
         else:  # a status: 404/408 the request ended, 409 refused, 100 a heartbeat
-            status = (msg.headers or {}).get("Status")
+            headers = msg.headers or {}
+            status = headers.get("Status")
             if status != "100":
                 self.outstanding = 0
+            if status == "409":
+                self.refused = headers.get("Description") or "409"
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -370,6 +374,8 @@ class JetStreamTransport(Transport):
     def _type_of(self, subject: str) -> str:
         type = self._types.get(subject)
         if type is None:
+            if subject.count(".") != 2:
+                raise ValueError("not a subject of the form PREFIX.e.TYPE")
             type = _untoken(subject.rpartition(".")[2])
             if len(self._types) < 10_000:
                 self._types[subject] = type
@@ -484,6 +490,9 @@ class JetStreamTransport(Transport):
                     puller.waiter = None
                 if self._closed:
                     return []
+                if puller.refused is not None and not buffer:
+                    reason, puller.refused = puller.refused, None
+                    raise ConsumerGroupError(f"{self!r}: JetStream refused to deliver to the group {group!r}: {reason}")
                 if not buffer:
                     continue
                 if len(buffer) < max_messages and puller.outstanding > 0:
@@ -492,7 +501,11 @@ class JetStreamTransport(Transport):
             redelivered: List[Delivery] = []
             while buffer and len(deliveries) < max_messages:
                 msg = buffer.popleft()
-                delivery = self._delivery(group, msg, families)
+                try:
+                    delivery = self._delivery(group, msg, families)
+                except Exception as error:  # not a message this library published
+                    await self._dead_letter_foreign(group, msg, error)
+                    continue
                 if delivery is None:
                     await nc.publish(msg.reply, _ACK)  # not this group's
                     continue
@@ -506,7 +519,7 @@ class JetStreamTransport(Transport):
 
     def _delivery(self, group: str, msg: Any, families: Optional[Set[str]]) -> Optional[Delivery]:
         type = self._type_of(msg.subject)
-        headers = msg.headers
+        headers = msg.headers or {}
         target = headers.get(_GROUP_HEADER)
         if target is not None and target != group:
             return None
@@ -517,7 +530,7 @@ class JetStreamTransport(Transport):
         user_headers = headers.get(_HEADERS_HEADER)
         return Delivery(
             group,
-            headers.get(_ID_HEADER) or headers[_MSG_ID],
+            headers.get(_ID_HEADER) or headers.get(_MSG_ID) or f"{self.stream}:{sequence}",
             type,
             msg.data,
             json.loads(user_headers) if user_headers is not None else {},
@@ -525,6 +538,24 @@ class JetStreamTransport(Transport):
             deliveries,
             (msg, deliveries, sequence),
         )
+
+    async def _dead_letter_foreign(self, group: str, msg: Any, error: Exception) -> None:
+        """A message whose subject or headers this library cannot read: straight to the dead letters."""
+        deliveries, sequence = _ack_numbers(msg.reply)
+        headers = msg.headers or {}
+        delivery = Delivery(
+            group,
+            headers.get(_MSG_ID) or f"{self.stream}:{sequence}",
+            msg.subject.rpartition(".")[2],
+            msg.data,
+            {},
+            None,
+            deliveries,
+            (msg, deliveries, sequence),
+        )
+        reason = f"unreadable message on {msg.subject!r}: {type(error).__qualname__}: {error}"
+        log.error("%r: %s: dead-lettered", self, reason)
+        await self.dead_letter(delivery, error=reason, handler=None)
 
     # -- acknowledgements -------------------------------------------------------------------
 
