@@ -197,7 +197,8 @@ class JetStreamTransport(Transport):
         url, options = _split_url(url)
         prefix = options.pop("prefix", prefix)
         if "maxlen" in options:
-            maxlen = None if options["maxlen"] in ("", "none") else int(options.pop("maxlen"))
+            text = options.pop("maxlen")
+            maxlen = None if text.lower() in ("", "none") else int(text)
         if options:
             raise ValueError(f"unknown option(s) {sorted(options)} in the NATS URL (known: prefix, maxlen)")
         if not isinstance(prefix, str) or not _PREFIX.match(prefix):
