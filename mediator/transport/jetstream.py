@@ -383,20 +383,27 @@ class JetStreamTransport(Transport):
                 self._subjects[type] = subject
         return type
 
-    async def _store(self, what: str, subject: str, payload: bytes, headers: Dict[str, str]) -> Dict[str, Any]:
+    async def _store(self, what: str, subject: str, payload: bytes, headers: Dict[str, str]) -> None:
         """Publish to a stream and wait for its PubAck (retried with the same Nats-Msg-Id)."""
-        nc = await self._ensure_open()
+        nc = self._nc
+        if nc is None or self._closed:
+            nc = await self._ensure_open()
         timeout = self.request_timeout
 
         async def send() -> Any:
             return await nc.request(subject, payload, timeout=timeout, headers=headers)
 
-        reply = await self._retrying(what, send)
-        answer = json.loads(reply.data)
-        error = answer.get("error")
-        if error is not None:
-            raise PublishError(f"{self!r}: JetStream refused to {what}: {error.get('description', error)}")
-        return answer
+        try:  # the common case without the retry loop's frames
+            reply = await send()
+        except nats.errors.ConnectionClosedError as error:
+            raise TransportClosedError(f"{self!r} is closed: cannot {what}") from error
+        except _TRANSIENT:
+            reply = await self._retrying(what, send)
+        data = reply.data
+        if b'"error"' in data:  # a PubAck is {"stream": ..., "seq": ...}; an error says so
+            error = json.loads(data).get("error")
+            if error is not None:
+                raise PublishError(f"{self!r}: JetStream refused to {what}: {error.get('description', error)}")
 
     async def _send(self, type: str, payload: bytes, key: Optional[str], headers: Dict[str, str], message_id: str) -> None:
         if not _MESSAGE_ID.match(message_id):
