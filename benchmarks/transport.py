@@ -29,7 +29,10 @@ Rows:
 * ``nats mediator``: this project's JetStream transport and ``Worker``, publishes as above.
 
 Each row runs in a fresh process, rounds interleaved (every row once, then again), best of
-``--repeat`` for the rate, median for the latencies. Stream names carry a uuid and are
+``--repeat`` for the rate, median for the latencies. "CPU µs/message" is the CPU time
+(user + system) the client process spent per event during the timed part, the least of
+the rounds: it moves much less than the rate when other work shares the machine (the
+broker's own CPU is not in it). Stream names carry a uuid and are
 deleted afterwards. This file is both the driver and the worker (``--worker ROW``).
 """
 
@@ -38,6 +41,7 @@ import asyncio
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -117,6 +121,7 @@ async def run_row(
     pending: Callable[[], Awaitable[int]],
 ) -> Dict[str, float]:
     """Time ``n`` events end to end, then ``latency_n`` single publishes."""
+    cpu = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     for first in range(0, n, CHUNK):
         await publish_chunk(first, min(CHUNK, n - first))
@@ -125,6 +130,8 @@ async def run_row(
     while await pending():
         await asyncio.sleep(0.001)
     elapsed = time.perf_counter() - start
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_seconds = used.ru_utime - cpu.ru_utime + used.ru_stime - cpu.ru_stime
     latencies = []
     for i in range(latency_n):
         t0 = time.perf_counter()
@@ -134,6 +141,7 @@ async def run_row(
     return {
         "rate": n / elapsed,
         "publish_rate": n / (published - start),
+        "cpu_us": cpu_seconds / n * 1e6,
         "p50_us": percentile(latencies, 0.50) * 1e6,
         "p99_us": percentile(latencies, 0.99) * 1e6,
     }
@@ -491,12 +499,15 @@ def main() -> None:
         f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}; "
         f"{args.events:,} events of {len(PAYLOAD)} B, best of {args.repeat}"
     )
-    print("| row | messages/s | vs raw loop | publish only, msg/s | publish p50 | publish p99 |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| row | messages/s | vs raw loop | CPU µs/message (client) | publish only, msg/s "
+        "| publish p50 | publish p99 |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for row in rows:
         runs = results[row]
         if not runs:
-            print(f"| {row} | failed | | | | |")
+            print(f"| {row} | failed | | | | | |")
             continue
         rate = best(row)
         raw = best(row.split()[0] + " raw")
@@ -504,8 +515,10 @@ def main() -> None:
         publish_rate = max(r["publish_rate"] for r in runs)
         p50 = statistics.median(r["p50_us"] for r in runs)
         p99 = statistics.median(r["p99_us"] for r in runs)
+        cpu = min(r["cpu_us"] for r in runs)
         print(
-            f"| {row} | {rate:,.0f} | {ratio} | {publish_rate:,.0f} | {p50:,.0f} µs | {p99:,.0f} µs |"
+            f"| {row} | {rate:,.0f} | {ratio} | {cpu:.1f} | {publish_rate:,.0f} "
+            f"| {p50:,.0f} µs | {p99:,.0f} µs |"
         )
 
 
