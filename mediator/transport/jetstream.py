@@ -141,7 +141,7 @@ def _split_url(url: str) -> "tuple[str, Dict[str, str]]":
 class _Puller:
     """The pull subscription of one group: pull requests out, messages into a buffer."""
 
-    __slots__ = ("subject", "inbox", "sub", "buffer", "waiter", "outstanding", "deadline", "refused")
+    __slots__ = ("subject", "inbox", "sub", "buffer", "waiter", "outstanding", "deadline", "refused", "answered")
 
     def __init__(self, subject: str, inbox: str) -> None:
         self.subject = subject  # $JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>
@@ -152,18 +152,20 @@ class _Puller:
         self.outstanding = 0  # messages requested and not yet received
         self.deadline = 0.0  # when the open pull request expires (monotonic)
         self.refused: Optional[str] = None  # why the server refused the last pull request (409)
+        self.answered = True  # whether the server said anything since the last pull request
 
     async def on_message(self, msg: Any) -> None:
+        self.answered = True
         if msg.reply:
             self.buffer.append(msg)
             self.outstanding -= 1
-        else:  # a status: 404/408 the request ended, 409 refused, 100 a heartbeat
+        else:  # a status: 404/408 the request ended, 409/503 refused, 100 a heartbeat
             headers = msg.headers or {}
             status = headers.get("Status")
             if status != "100":
                 self.outstanding = 0
-            if status == "409":
-                self.refused = headers.get("Description") or "409"
+            if status not in ("100", "404", "408"):  # 409: refused; 503: no such consumer
+                self.refused = f"{status} {headers.get('Description') or ''}".strip()
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -477,6 +479,8 @@ class JetStreamTransport(Transport):
                 if remaining <= 0 or self._closed:
                     return []
                 if puller.outstanding <= 0 or now >= puller.deadline:
+                    if not puller.answered:  # not even a 408 when it expired: is the group there?
+                        await self._check_group(group)
                     expires = max(remaining, 0.05)
                     request = {"batch": max_messages, "expires": int(expires * 1e9)}
                     try:
@@ -488,6 +492,7 @@ class JetStreamTransport(Transport):
                         continue
                     puller.outstanding = max_messages
                     puller.deadline = now + expires + 0.05
+                    puller.answered = False
                 loop = asyncio.get_running_loop()
                 puller.waiter = waiter = loop.create_future()
                 try:
@@ -524,6 +529,18 @@ class JetStreamTransport(Transport):
                 await self._subtract_releases(redelivered)
             if deliveries:
                 return deliveries
+
+    async def _check_group(self, group: str) -> None:
+        """``ConsumerGroupError`` if the server has no consumer for ``group`` (any more)."""
+        try:
+            await self._js.consumer_info(self.stream, _token(group))
+        except nats.js.errors.NotFoundError as error:
+            raise ConsumerGroupError(
+                f"{self!r}: the server has no consumer group {group!r} on the stream {self.stream} "
+                "(a worker creates it; was it deleted?)"
+            ) from error
+        except Exception:  # unreachable now: the next pull request tells
+            pass
 
     def _delivery(self, group: str, msg: Any, families: Optional[Set[str]]) -> Optional[Delivery]:
         type = self._type_of(msg.subject)

@@ -167,3 +167,20 @@ async def publish_with_id(message_id: str) -> None:
             await transport.publish(Ping(1), message_id=message_id)
         finally:
             await transport.destroy()
+
+
+def test_fetching_for_a_group_the_server_does_not_have_is_an_error_not_a_silent_wait() -> None:
+    from mediator.transport import ConsumerGroupError
+
+    async def main() -> None:
+        async with transport_for_test() as transport:
+            try:
+                # The server ignores a pull request for a consumer it does not have: the
+                # first fetch just times out, the next one asks why and says so.
+                assert await transport.fetch("nobody", "c", 10, 0.3) == []
+                with pytest.raises(ConsumerGroupError, match="no consumer group 'nobody'"):
+                    await transport.fetch("nobody", "c", 10, 0.3)
+            finally:
+                await transport.destroy()
+
+    run(main())
