@@ -155,7 +155,9 @@ class Worker:
         self._running: Optional["asyncio.Future[None]"] = None
         self._room: Optional["asyncio.Event"] = None
         self._wake: Optional["asyncio.Event"] = None
-        self._ack_batch: Optional[Tuple[List[Delivery], "asyncio.Future[None]"]] = None
+        self._acks: List[Delivery] = []  # settled, to acknowledge in the next batch
+        self._unacked = 0  # settled and not yet acknowledged by the broker
+        self._ack_tasks: Set["asyncio.Task[None]"] = set()
         self._keepalive: Optional["asyncio.Task[None]"] = None
         self._close_task: Optional["asyncio.Task[Any]"] = None
 
@@ -163,7 +165,7 @@ class Worker:
 
     @property
     def in_flight(self) -> int:
-        """How many messages this worker holds now (being handled or being acknowledged)."""
+        """How many messages this worker is handling now (at most ``concurrency``)."""
         return len(self._inflight)
 
     async def open(self) -> "Worker":
@@ -206,6 +208,7 @@ class Worker:
             await self._consume()
             while self._inflight:  # aclose() cancels them at its timeout
                 await asyncio.wait(list(self._inflight))
+            await self._acks_sent()
         finally:
             for signum in installed:
                 loop.remove_signal_handler(signum)
@@ -280,10 +283,14 @@ class Worker:
         failures = 0
         while not self._stopping:
             free = self.concurrency - len(self._inflight)
-            if free <= 0:
+            if free <= 0 or self._unacked >= self.concurrency:
                 self._room.clear()
                 await self._wait_any(self._room)
                 continue
+            if free < self.concurrency:
+                # Let the other messages finishing now free their places: one fetch for all.
+                await asyncio.sleep(0)
+                free = self.concurrency - len(self._inflight)
             try:
                 batch = await transport.fetch(self.group, self.consumer, free, self.poll)
             except TransportClosedError:
@@ -378,10 +385,6 @@ class Worker:
 
     async def _handle(self, delivery: Delivery) -> None:
         transport = self.transport
-        inbox = self.inbox
-        if inbox is not None and await inbox.seen(self.group, delivery.message_id):
-            await self._ack(delivery)
-            return
         try:
             event = transport.codec.decode(delivery.type, delivery.payload)
         except Exception as error:
@@ -394,16 +397,34 @@ class Worker:
                 handler=None,
             )
             return
-        done = await transport.handlers_done(delivery) if delivery.deliveries > 1 else frozenset()
+        if self.inbox is None:
+            dispatch = await self._dispatch(event, delivery, {})
+        else:
+            async with self.inbox.scope(self.group, delivery.message_id) as scope:
+                if scope.seen:
+                    dispatch = None
+                else:
+                    dispatch = await self._dispatch(event, delivery, scope.inject)
+                    scope.succeeded = not dispatch.failed
+                    if scope.atomic:  # rolled back on failure: nothing counts as done
+                        dispatch.succeeded.clear()
+        if dispatch is None or not dispatch.failed:
+            self._ack(delivery)
+            return
+        await self._failed(delivery, dispatch)
+
+    async def _dispatch(self, event: Any, delivery: Delivery, inject: Dict[str, Any]) -> _Dispatch:
+        """Run the handlers not done yet through the bus; the outcome is in the result."""
+        done = await self.transport.handlers_done(delivery) if delivery.deliveries > 1 else frozenset()
         dispatch = _Dispatch(self, done)
         headers = dict(delivery.headers)
         headers[MESSAGE_ID_HEADER] = delivery.message_id
-        await self.bus.publish(event, strategy=dispatch, headers=headers, message_id=delivery.message_id)
-        if not dispatch.failed:
-            if inbox is not None:
-                await inbox.record(self.group, delivery.message_id)
-            await self._ack(delivery)
-            return
+        await self.bus.publish(event, strategy=dispatch, headers=headers, message_id=delivery.message_id, **inject)
+        return dispatch
+
+    async def _failed(self, delivery: Delivery, dispatch: _Dispatch) -> None:
+        transport = self.transport
+        done = dispatch.done
         name, error = dispatch.failed[0]
         if len(dispatch.failed) > 1:
             logger.debug("more failures on %r: %r", delivery, dispatch.failed[1:])
@@ -449,32 +470,47 @@ class Worker:
             names.append(name)
         return names
 
-    async def _ack(self, delivery: Delivery) -> None:
-        """Acknowledge, in one batch with the others settled in the same loop iteration."""
-        batch = self._ack_batch
-        if batch is None:
-            loop = asyncio.get_running_loop()
-            batch = self._ack_batch = ([], loop.create_future())
-            loop.call_soon(self._flush_acks)
-        batch[0].append(delivery)
-        await asyncio.shield(batch[1])
+    def _ack(self, delivery: Delivery) -> None:
+        """Acknowledge, in one batch with the others settled in the same loop iteration.
+
+        The message's place is free at once; at most ``concurrency`` settled messages
+        wait for their acknowledgement (the duplicates a crash can leave: those, plus
+        the ones being handled).
+        """
+        if not self._acks:
+            asyncio.get_running_loop().call_soon(self._flush_acks)
+        self._acks.append(delivery)
+        self._unacked += 1
 
     def _flush_acks(self) -> None:
-        batch = self._ack_batch
-        self._ack_batch = None
-        if batch is not None:
-            asyncio.get_running_loop().create_task(self._send_acks(*batch))
+        deliveries, self._acks = self._acks, []
+        if deliveries:
+            task = asyncio.get_running_loop().create_task(self._send_acks(deliveries))
+            self._ack_tasks.add(task)
+            task.add_done_callback(self._ack_tasks.discard)
 
-    async def _send_acks(self, deliveries: List[Delivery], future: "asyncio.Future[None]") -> None:
+    async def _send_acks(self, deliveries: List[Delivery]) -> None:
         try:
             await self.transport.ack(deliveries)
-        except BaseException as error:
-            if not future.done():
-                future.set_exception(error)
-                future.exception()  # each waiter raises it; none left is not a lost error
-        else:
-            if not future.done():
-                future.set_result(None)
+        except Exception as error:
+            logger.warning(
+                "worker %s of group %r: could not acknowledge %d message(s) (%s): they will be redelivered",
+                self.consumer,
+                self.group,
+                len(deliveries),
+                _error_text(error),
+            )
+        finally:
+            self._unacked -= len(deliveries)
+            if self._room is not None:
+                self._room.set()
+
+    async def _acks_sent(self) -> None:
+        """Until every acknowledgement queued so far has been answered."""
+        while self._acks or self._ack_tasks:
+            if self._acks:
+                self._flush_acks()
+            await asyncio.wait(list(self._ack_tasks))
 
     def __repr__(self) -> str:
         return f"<Worker {self.consumer!r} of group {self.group!r}>"
