@@ -251,3 +251,13 @@ def redis_url() -> Any:
         yield f"{REDIS_URL}?prefix={prefix}"
     finally:
         _redis_cleanup(REDIS_URL, prefix)
+
+
+@pytest.fixture
+def nats_url() -> Any:
+    """The shared NATS with a stream prefix of this test's own (deleted afterwards)."""
+    prefix = new_prefix()
+    try:
+        yield f"{NATS_URL}?prefix={prefix}"
+    finally:
+        _nats_cleanup(f"{NATS_URL}?prefix={prefix}", prefix)

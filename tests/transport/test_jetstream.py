@@ -184,3 +184,18 @@ def test_fetching_for_a_group_the_server_does_not_have_is_an_error_not_a_silent_
                 await transport.destroy()
 
     run(main())
+
+
+def test_the_stream_keeps_at_most_maxlen_messages_per_type() -> None:
+    async def main() -> None:
+        async with transport_for_test(maxlen=300) as transport:
+            try:
+                for start in range(0, 1_000, 100):
+                    await asyncio.gather(*(transport.publish(Ping(n)) for n in range(start, start + 100)))
+                info = await transport._js.stream_info(transport.stream)
+                assert info.state.messages == 300
+                assert info.state.last_seq == 1_000
+            finally:
+                await transport.destroy()
+
+    run(main())
