@@ -403,9 +403,9 @@ class JetStreamTransport(Transport):
             reply = await self._retrying(what, send)
         data = reply.data
         if b'"error"' in data:  # a PubAck is {"stream": ..., "seq": ...}; an error says so
-            error = json.loads(data).get("error")
-            if error is not None:
-                raise PublishError(f"{self!r}: JetStream refused to {what}: {error.get('description', error)}")
+            refusal = json.loads(data).get("error")
+            if refusal is not None:
+                raise PublishError(f"{self!r}: JetStream refused to {what}: {refusal.get('description', refusal)}")
 
     async def _send(self, type: str, payload: bytes, key: Optional[str], headers: Dict[str, str], message_id: str) -> None:
         if not _MESSAGE_ID.match(message_id):
@@ -686,7 +686,7 @@ class JetStreamTransport(Transport):
 
     # -- dead letters -----------------------------------------------------------------------
 
-    async def dead_letters(self, group: str) -> AsyncIterator[DeadLetter]:  # type: ignore[override]
+    async def dead_letters(self, group: str) -> AsyncIterator[DeadLetter]:
         check_name("group", group)
         await self._ensure_open()
         js = self._js
