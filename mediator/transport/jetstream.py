@@ -138,6 +138,19 @@ def _split_url(url: str) -> "tuple[str, Dict[str, str]]":
     return urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")), options
 
 
+class _Token:
+    """``Delivery.token``: the JetStream message, its delivery count as JetStream counts it
+    (releases included), its stream sequence, and its marks once read (``None`` before)."""
+
+    __slots__ = ("msg", "raw", "sequence", "marks")
+
+    def __init__(self, msg: Any, raw: int, sequence: int) -> None:
+        self.msg = msg
+        self.raw = raw
+        self.sequence = sequence
+        self.marks: Optional[Dict[str, Any]] = None
+
+
 class _Puller:
     """The pull subscription of one group: pull requests out, messages into a buffer."""
 
@@ -321,16 +334,21 @@ class JetStreamTransport(Transport):
         for puller in pullers:
             if puller.waiter is not None and not puller.waiter.done():
                 puller.waiter.set_result(None)
+            try:
+                await puller.sub.unsubscribe()  # nothing more comes into the buffer
+            except Exception:
+                pass
             for msg in puller.buffer:  # fetched from the server, never handed out: give back
                 try:
                     await nc.publish(msg.reply, _NAK)
                 except Exception:
-                    pass
+                    break
             puller.buffer.clear()
-        try:
-            await nc.drain()
+        try:  # the last acks, naks and progress reports out before the connection goes
+            await nc.flush(timeout=2)
         except Exception:
-            await nc.close()
+            pass
+        await nc.close()
 
     def _client(self) -> Any:
         nc = self._nc
@@ -561,7 +579,7 @@ class JetStreamTransport(Transport):
             json.loads(user_headers) if user_headers is not None else {},
             json.loads(key) if key is not None else None,
             deliveries,
-            (msg, deliveries, sequence),
+            _Token(msg, deliveries, sequence),
         )
 
     async def _dead_letter_foreign(self, group: str, msg: Any, error: Exception) -> None:
@@ -576,7 +594,7 @@ class JetStreamTransport(Transport):
             {},
             None,
             deliveries,
-            (msg, deliveries, sequence),
+            _Token(msg, deliveries, sequence),
         )
         reason = f"unreadable message on {msg.subject!r}: {type(error).__qualname__}: {error}"
         log.error("%r: %s: dead-lettered", self, reason)
@@ -588,7 +606,7 @@ class JetStreamTransport(Transport):
         nc = self._client()
         try:
             for delivery in deliveries:
-                await nc.publish(delivery.token[0].reply, payload)
+                await nc.publish(delivery.token.msg.reply, payload)
         except nats.errors.ConnectionClosedError as error:
             raise TransportClosedError(f"{self!r} is closed") from error
         except _TRANSIENT as error:
@@ -599,7 +617,7 @@ class JetStreamTransport(Transport):
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
         await self._reply(deliveries, _ACK)
         for delivery in deliveries:
-            if delivery.token[1] > 1:
+            if delivery.token.raw > 1:
                 await self._forget_marks(delivery)
 
     async def retry(self, delivery: Delivery, delay: float) -> None:
@@ -615,7 +633,7 @@ class JetStreamTransport(Transport):
         await self._reply(deliveries, _PROGRESS)
 
     async def dead_letter(self, delivery: Delivery, *, error: str, handler: Optional[str]) -> None:
-        msg, _, sequence = delivery.token
+        sequence = delivery.token.sequence
         record = {
             "id": delivery.message_id,
             "type": delivery.type,
@@ -636,6 +654,13 @@ class JetStreamTransport(Transport):
         return f"{_token(delivery.group)}.{_token(delivery.message_id)}"
 
     async def _read_marks(self, delivery: Delivery) -> Dict[str, Any]:
+        token = delivery.token
+        if token.marks is not None:  # read by this fetch already
+            return token.marks
+        token.marks = marks = await self._read_stored_marks(delivery)
+        return marks
+
+    async def _read_stored_marks(self, delivery: Delivery) -> Dict[str, Any]:
         kv = self._kv
         key = self._mark_key(delivery)
 
@@ -657,6 +682,7 @@ class JetStreamTransport(Transport):
             marks["done"] = sorted(set(marks.get("done", ())) | set(done))
         if released:
             marks["released"] = marks.get("released", 0) + released
+        delivery.token.marks = marks
         value = json.dumps(marks).encode()
         kv = self._kv
         key = self._mark_key(delivery)
