@@ -2,13 +2,20 @@
 
 Layout on the server, for a ``prefix`` (default ``"mediator"``):
 
-* one stream ``{prefix}_events`` over the subjects ``{prefix}.e.<type>`` (the codec type
-  string, version included, escaped into one subject token), file storage, at most
-  ``maxlen`` messages per subject (the oldest are dropped), deduplicated on
-  ``Nats-Msg-Id`` = the message id within ``duplicate_window`` seconds;
-* one durable pull consumer per group on ``{prefix}.e.>`` (explicit acks, ``ack_wait`` =
-  the worker's ``claim_idle``, unlimited deliveries: the worker counts them and
-  dead-letters), created with deliver policy ``new`` (``start="latest"``) or ``all``;
+* one stream ``{prefix}_events``, file storage, deduplicated on ``Nats-Msg-Id`` = the
+  message id within ``duplicate_window`` seconds, at most ``maxlen`` messages per subject
+  (the oldest are dropped), over the subjects
+  - ``{prefix}.e.<family>.<version>``: the events, by codec type string (``"bank.Deposited"``
+    is ``<family>``, ``n`` its version token; ``"bank.Deposited@2"`` has ``v2``), each part
+    escaped into one subject token (``[A-Za-z0-9-]`` kept, any other byte ``_XX``);
+  - ``{prefix}.r.<group>``: dead letters requeued to one group;
+* per group, one durable pull consumer per event type family the group's workers consume
+  (``<group>__<family>``, on ``{prefix}.e.<family>.*``), created with deliver policy
+  ``new`` (``start="latest"``) or ``all`` (``"earliest"``), and one for its requeued
+  messages (``<group>___rq``): explicit acks, ``ack_wait`` = the worker's ``claim_idle``,
+  unlimited deliveries (the worker counts them and dead-letters). As on Redis (a stream
+  per family), a group only ever receives the families its workers asked for, and a family
+  added later starts where ``start`` says;
 * one stream ``{prefix}_dead`` for the dead letters, a subject ``{prefix}.dead.<group>``
   per group, never trimmed;
 * one key-value bucket ``{prefix}_marks`` keyed by (group, message id): the handlers that
@@ -16,24 +23,30 @@ Layout on the server, for a ``prefix`` (default ``"mediator"``):
   released at shutdown (a release is a JetStream nak, which JetStream counts as a
   delivery; the contract does not).
 
-A message's type travels in its subject, its id in ``Nats-Msg-Id``, its key and headers
-(when it has them) in the ``Mediator-Key`` / ``Mediator-Headers`` headers as JSON. A
-requeued dead letter is published again on its type's subject with ``Mediator-Group``:
-every other group skips it (acknowledges it unseen). A group's consumer sees every type;
-``fetch`` acknowledges unseen the types the group's workers did not ask for.
+A message's type travels in its subject (in ``Mediator-Type`` for a requeued one), its id
+in ``Nats-Msg-Id`` (in ``Mediator-Id`` for a requeued one, whose ``Nats-Msg-Id`` must
+differ to pass the deduplication), its key and headers (when it has them) in the
+``Mediator-Key`` / ``Mediator-Headers`` headers as JSON.
 
 Claims are JetStream's: a fetched message belongs to its consumer until acked, nakked
 (``retry``: nak with the delay; ``release``: nak now) or until ``ack_wait`` passes without
 an ack or an in-progress (``extend``: ``+WPI``), when JetStream delivers it again.
-Connection losses are survived: nats-py reconnects for ever; publishes and API calls are
-retried with backoff for ``reconnect_timeout`` seconds, publishes with the same
-``Nats-Msg-Id``, so a retry after a lost PubAck stores nothing twice.
+``fetch`` sends its own pull requests and collects the messages in a buffer per group
+(fed by one subscription callback per consumer); messages waiting there are kept claimed
+by ``extend`` as well. Connection losses are survived: nats-py reconnects for ever;
+publishes and API calls are retried with backoff for ``reconnect_timeout`` seconds,
+publishes with the same ``Nats-Msg-Id``, so a retry after a lost PubAck stores nothing
+twice; pull requests lost with a connection are sent again when they expire.
+
+Needs nats-server 2.9 or later (it uses one filter subject per consumer, not 2.10's
+several).
 """
 
 import asyncio
 import collections
 import json
 import logging
+import hashlib
 import re
 import time
 from urllib.parse import parse_qs, urlsplit, urlunsplit
@@ -69,7 +82,7 @@ T = TypeVar("T")
 
 _KEY_HEADER = "Mediator-Key"
 _HEADERS_HEADER = "Mediator-Headers"
-_GROUP_HEADER = "Mediator-Group"
+_TYPE_HEADER = "Mediator-Type"
 _ID_HEADER = "Mediator-Id"
 _DEAD_HEADER = "Mediator-Dead"
 _MSG_ID = "Nats-Msg-Id"
@@ -151,37 +164,55 @@ class _Token:
         self.marks: Optional[Dict[str, Any]] = None
 
 
+class _Group:
+    """What ``fetch`` keeps for one group: its consumers' pullers and one buffer they feed."""
+
+    __slots__ = ("name", "pullers", "buffer", "waiter", "refused")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.pullers: Dict[str, "_Puller"] = {}  # consumer name -> puller
+        self.buffer: Deque[Any] = collections.deque()
+        self.waiter: Optional[asyncio.Future] = None
+        self.refused: Optional[str] = None  # why the server refused a pull request (409, 503)
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
 class _Puller:
-    """The pull subscription of one group: pull requests out, messages into a buffer."""
+    """The pull requests of one consumer: their answers go to the group's buffer."""
 
-    __slots__ = ("subject", "inbox", "sub", "buffer", "waiter", "outstanding", "deadline", "refused", "answered")
+    __slots__ = ("group", "consumer", "subject", "inbox", "sub", "requeue", "outstanding", "deadline", "answered")
 
-    def __init__(self, subject: str, inbox: str) -> None:
+    def __init__(self, group: _Group, consumer: str, subject: str, inbox: str, requeue: bool) -> None:
+        self.group = group
+        self.consumer = consumer
         self.subject = subject  # $JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>
         self.inbox = inbox
         self.sub: Any = None
-        self.buffer: Deque[Any] = collections.deque()
-        self.waiter: Optional[asyncio.Future] = None
+        self.requeue = requeue
         self.outstanding = 0  # messages requested and not yet received
         self.deadline = 0.0  # when the open pull request expires (monotonic)
-        self.refused: Optional[str] = None  # why the server refused the last pull request (409)
         self.answered = True  # whether the server said anything since the last pull request
 
     async def on_message(self, msg: Any) -> None:
         self.answered = True
+        group = self.group
         if msg.reply:
-            self.buffer.append(msg)
+            group.buffer.append(msg)
             self.outstanding -= 1
         else:  # a status: 404/408 the request ended, 409/503 refused, 100 a heartbeat
             headers = msg.headers or {}
             status = headers.get("Status")
             if status != "100":
                 self.outstanding = 0
-            if status not in ("100", "404", "408"):  # 409: refused; 503: no such consumer
-                self.refused = f"{status} {headers.get('Description') or ''}".strip()
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+            if status not in ("100", "404", "408"):
+                description = headers.get("Description") or ""
+                group.refused = f"{status} {description} (consumer {self.consumer})"
+        group.wake()
 
 
 class JetStreamTransport(Transport):
@@ -230,14 +261,14 @@ class JetStreamTransport(Transport):
         self.stream = f"{prefix}_events"
         self.dead_stream = f"{prefix}_dead"
         self.marks_bucket = f"{prefix}_marks"
+        self._requeued = f"{prefix}.r."
         self._nc: Any = None
         self._js: Any = None
         self._kv: Any = None
         self._opening: Optional[asyncio.Future] = None
         self._subjects: Dict[str, str] = {}  # type string -> subject
         self._types: Dict[str, str] = {}  # subject -> type string
-        self._pullers: Dict[str, _Puller] = {}
-        self._families: Dict[str, Set[str]] = {}  # group -> the type families its workers asked for
+        self._groups: Dict[str, _Group] = {}
 
     def __repr__(self) -> str:
         return f"<JetStreamTransport {self.url} prefix={self.prefix!r}{' closed' if self._closed else ''}>"
@@ -289,7 +320,7 @@ class JetStreamTransport(Transport):
             js,
             StreamConfig(
                 name=self.stream,
-                subjects=[f"{self.prefix}.e.>"],
+                subjects=[f"{self.prefix}.e.>", f"{self.prefix}.r.>"],
                 retention=RetentionPolicy.LIMITS,
                 storage=StorageType.FILE,
                 discard=DiscardPolicy.OLD,
@@ -326,24 +357,24 @@ class JetStreamTransport(Transport):
 
     async def _close(self) -> None:
         nc, self._nc, self._js = self._nc, None, None
-        pullers, self._pullers = list(self._pullers.values()), {}
+        groups, self._groups = list(self._groups.values()), {}
         if nc is None:
             if self._opening is not None:
                 self._opening.cancel()
             return
-        for puller in pullers:
-            if puller.waiter is not None and not puller.waiter.done():
-                puller.waiter.set_result(None)
-            try:
-                await puller.sub.unsubscribe()  # nothing more comes into the buffer
-            except Exception:
-                pass
-            for msg in puller.buffer:  # fetched from the server, never handed out: give back
+        for group in groups:
+            group.wake()
+            for puller in group.pullers.values():
+                try:
+                    await puller.sub.unsubscribe()  # nothing more comes into the buffer
+                except Exception:
+                    pass
+            for msg in group.buffer:  # fetched from the server, never handed out: give back
                 try:
                     await nc.publish(msg.reply, _NAK)
                 except Exception:
                     break
-            puller.buffer.clear()
+            group.buffer.clear()
         try:  # the last acks, naks and progress reports out before the connection goes
             await nc.flush(timeout=2)
         except Exception:
@@ -386,7 +417,10 @@ class JetStreamTransport(Transport):
     def _subject(self, type: str) -> str:
         subject = self._subjects.get(type)
         if subject is None:
-            subject = f"{self.prefix}.e.{_token(type)}"
+            family, at, version = type.partition("@")
+            if not family:
+                raise ValueError(f"a type string needs a name before its '@version', got {type!r}")
+            subject = f"{self.prefix}.e.{_token(family)}.{'v' + _token(version) if at else 'n'}"
             if len(self._subjects) < 10_000:
                 self._subjects[type] = subject
                 self._types[subject] = type
@@ -395,9 +429,11 @@ class JetStreamTransport(Transport):
     def _type_of(self, subject: str) -> str:
         type = self._types.get(subject)
         if type is None:
-            if subject.count(".") != 2:
-                raise ValueError("not a subject of the form PREFIX.e.TYPE")
-            type = _untoken(subject.rpartition(".")[2])
+            parts = subject.split(".")
+            if len(parts) != 4 or parts[1] != "e" or not (parts[3] == "n" or parts[3].startswith("v")):
+                raise ValueError("not a subject of the form PREFIX.e.FAMILY.n or PREFIX.e.FAMILY.vVERSION")
+            family = _untoken(parts[2])
+            type = family if parts[3] == "n" else f"{family}@{_untoken(parts[3][1:])}"
             if len(self._types) < 10_000:
                 self._types[subject] = type
                 self._subjects[type] = subject
@@ -439,6 +475,13 @@ class JetStreamTransport(Transport):
 
     # -- groups -----------------------------------------------------------------------------
 
+    def _consumer_name(self, group: str, family: Optional[str]) -> str:
+        """``<group>__<family>``, or ``<group>___rq`` for the requeued (no token has ``__``)."""
+        name = f"{_token(group)}__{_token(family)}" if family is not None else f"{_token(group)}___rq"
+        if len(name) > 200:  # a consumer is a directory of the server's store
+            name = "h" + hashlib.sha256(name.encode()).hexdigest()[:48]
+        return name
+
     async def ensure_group(self, group: str, types: Sequence[str], *, start: str, claim_idle: float) -> None:
         check_name("group", group)
         check_start(start)
@@ -446,99 +489,128 @@ class JetStreamTransport(Transport):
             raise ValueError(f"claim_idle must be a positive number of seconds, got {claim_idle!r}")
         await self._ensure_open()
         js = self._js
-        durable = _token(group)
-        config = ConsumerConfig(
-            durable_name=durable,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=float(claim_idle),
-            deliver_policy=DeliverPolicy.ALL if start == START_EARLIEST else DeliverPolicy.NEW,
-            filter_subject=f"{self.prefix}.e.>",
-            max_deliver=-1,
-            max_ack_pending=-1,
-        )
+        policy = DeliverPolicy.ALL if start == START_EARLIEST else DeliverPolicy.NEW
+        wanted: List[Any] = [(None, f"{self.prefix}.r.{_token(group)}", DeliverPolicy.ALL)]
+        for family in sorted({type_family(t) for t in types}):
+            if not family:
+                raise ValueError(f"a type string needs a name before its '@version', got one of {list(types)!r}")
+            wanted.append((family, f"{self.prefix}.e.{_token(family)}.*", policy))
+        state = self._groups.get(group) or _Group(group)
+        for family, subject, deliver in wanted:
+            name = self._consumer_name(group, family)
+            config = ConsumerConfig(
+                durable_name=name,
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=float(claim_idle),
+                deliver_policy=deliver,
+                filter_subject=subject,
+                max_deliver=-1,
+                max_ack_pending=-1,
+            )
 
-        async def declare() -> None:
+            async def declare(config: ConsumerConfig = config) -> None:
+                try:
+                    info = await js.consumer_info(self.stream, config.durable_name)
+                except nats.js.errors.NotFoundError:
+                    await js.add_consumer(self.stream, config)
+                    return
+                if info.config.ack_wait != config.ack_wait:  # the newest worker's claim_idle rules
+                    config.deliver_policy = info.config.deliver_policy
+                    await js.add_consumer(self.stream, config)
+
             try:
-                info = await js.consumer_info(self.stream, durable)
-            except nats.js.errors.NotFoundError:
-                await js.add_consumer(self.stream, config)
-                return
-            if info.config.ack_wait != config.ack_wait:  # the newest worker's claim_idle rules
-                config.deliver_policy = info.config.deliver_policy
-                await js.add_consumer(self.stream, config)
+                await self._retrying(f"create the consumer group {group!r}", declare)
+            except nats.js.errors.APIError as error:
+                raise ConsumerGroupError(f"{self!r}: cannot create the consumer group {group!r}: {error}") from error
+            await self._puller(state, name, family is None)
+        self._groups[group] = state
 
-        try:
-            await self._retrying(f"create the consumer group {group!r}", declare)
-        except nats.js.errors.APIError as error:
-            raise ConsumerGroupError(f"{self!r}: cannot create the consumer group {group!r}: {error}") from error
-        self._families.setdefault(group, set()).update(type_family(t) for t in types)
-        if group not in self._pullers:
-            await self._puller(group)
-
-    async def _puller(self, group: str) -> _Puller:
-        puller = self._pullers.get(group)
-        if puller is None:
+    async def _puller(self, group: _Group, consumer: str, requeue: bool) -> None:
+        if consumer not in group.pullers:
             nc = self._client()
-            puller = _Puller(f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{_token(group)}", nc.new_inbox())
-            self._pullers[group] = puller
+            subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{consumer}"
+            puller = _Puller(group, consumer, subject, nc.new_inbox(), requeue)
             puller.sub = await nc.subscribe(puller.inbox, cb=puller.on_message, pending_msgs_limit=-1, pending_bytes_limit=-1)
-        return puller
+            group.pullers[consumer] = puller
+
+    async def _group(self, group: str) -> _Group:
+        """The group's state; a group this transport did not create is looked up on the server."""
+        state = self._groups.get(group)
+        if state is not None:
+            return state
+        check_name("group", group)
+        js = self._js
+        names = await self._retrying(f"find the consumer group {group!r}", lambda: self._consumers_of(js, group))
+        if not names:
+            raise ConsumerGroupError(
+                f"{self!r}: the server has no consumer group {group!r} on the stream {self.stream} (a worker creates it)"
+            )
+        state = self._groups.get(group) or _Group(group)
+        for name in names:
+            await self._puller(state, name, name.endswith("___rq"))
+        self._groups[group] = state
+        return state
+
+    async def _consumers_of(self, js: Any, group: str) -> List[str]:
+        head = f"{_token(group)}__"
+        infos = await js.consumers_info(self.stream)
+        return sorted(info.name for info in infos if info.name.startswith(head))
 
     async def fetch(self, group: str, consumer: str, max_messages: int, timeout: float) -> List[Delivery]:
         nc = await self._ensure_open()
-        puller = self._pullers.get(group) or await self._puller(group)
-        families = self._families.get(group)
+        state = await self._group(group)
+        buffer = state.buffer
         deadline = time.monotonic() + timeout
         while True:
-            buffer = puller.buffer
             if not buffer:
                 now = time.monotonic()
                 remaining = deadline - now
                 if remaining <= 0 or self._closed:
                     return []
-                if puller.outstanding <= 0 or now >= puller.deadline:
-                    if not puller.answered:  # not even a 408 when it expired: is the group there?
-                        await self._check_group(group)
+                pullers = state.pullers.values()
+                families = sum(1 for puller in pullers if not puller.requeue) or 1
+                for puller in pullers:
+                    if puller.outstanding > 0 and now < puller.deadline:
+                        continue
+                    if not puller.answered:  # not even a 408 when it expired: is the consumer there?
+                        await self._check_consumer(group, puller)
+                    batch = min(10, max_messages) if puller.requeue else max(1, max_messages // families)
                     expires = max(remaining, 0.05)
-                    request = {"batch": max_messages, "expires": int(expires * 1e9)}
+                    request = b'{"batch": %d, "expires": %d}' % (batch, int(expires * 1e9))
                     try:
-                        await nc.publish(puller.subject, json.dumps(request).encode(), reply=puller.inbox)
+                        await nc.publish(puller.subject, request, reply=puller.inbox)
                     except nats.errors.ConnectionClosedError as error:
                         raise TransportClosedError(f"{self!r} is closed") from error
                     except _TRANSIENT:
-                        await asyncio.sleep(min(remaining, 0.1))
-                        continue
-                    puller.outstanding = max_messages
+                        continue  # sent again at the next turn
+                    puller.outstanding = batch
                     puller.deadline = now + expires + 0.05
                     puller.answered = False
-                loop = asyncio.get_running_loop()
-                puller.waiter = waiter = loop.create_future()
+                wait = min(remaining, max(min(puller.deadline for puller in pullers) - now, 0.01))
+                state.waiter = waiter = asyncio.get_running_loop().create_future()
                 try:
-                    await asyncio.wait_for(waiter, min(remaining, max(puller.deadline - now, 0.01)))
+                    await asyncio.wait_for(waiter, wait)
                 except asyncio.TimeoutError:
                     pass
                 finally:
-                    puller.waiter = None
+                    state.waiter = None
                 if self._closed:
                     return []
-                if puller.refused is not None and not buffer:
-                    reason, puller.refused = puller.refused, None
+                if state.refused is not None and not buffer:
+                    reason, state.refused = state.refused, None
                     raise ConsumerGroupError(f"{self!r}: JetStream refused to deliver to the group {group!r}: {reason}")
                 if not buffer:
                     continue
-                if len(buffer) < max_messages and puller.outstanding > 0:
-                    await asyncio.sleep(0)  # the rest of the batch is likely in the same read
+                if len(buffer) < max_messages and any(puller.outstanding > 0 for puller in pullers):
+                    await asyncio.sleep(0)  # the rest of a batch is likely in the same read
             deliveries: List[Delivery] = []
             redelivered: List[Delivery] = []
             while buffer and len(deliveries) < max_messages:
                 msg = buffer.popleft()
                 try:
-                    delivery = self._delivery(group, msg, families)
+                    delivery = self._delivery(group, msg)
                 except Exception as error:  # not a message this library published
                     await self._dead_letter_foreign(group, msg, error)
-                    continue
-                if delivery is None:
-                    await nc.publish(msg.reply, _ACK)  # not this group's
                     continue
                 deliveries.append(delivery)
                 if delivery.deliveries > 1:
@@ -548,26 +620,24 @@ class JetStreamTransport(Transport):
             if deliveries:
                 return deliveries
 
-    async def _check_group(self, group: str) -> None:
-        """``ConsumerGroupError`` if the server has no consumer for ``group`` (any more)."""
+    async def _check_consumer(self, group: str, puller: _Puller) -> None:
+        """``ConsumerGroupError`` if the server does not have ``puller``'s consumer (any more)."""
         try:
-            await self._js.consumer_info(self.stream, _token(group))
+            await self._js.consumer_info(self.stream, puller.consumer)
         except nats.js.errors.NotFoundError as error:
             raise ConsumerGroupError(
-                f"{self!r}: the server has no consumer group {group!r} on the stream {self.stream} "
-                "(a worker creates it; was it deleted?)"
+                f"{self!r}: the server has no consumer {puller.consumer} of the group {group!r} on the "
+                f"stream {self.stream} (a worker creates it; was it deleted?)"
             ) from error
         except Exception:  # unreachable now: the next pull request tells
             pass
 
-    def _delivery(self, group: str, msg: Any, families: Optional[Set[str]]) -> Optional[Delivery]:
-        type = self._type_of(msg.subject)
+    def _delivery(self, group: str, msg: Any) -> Delivery:
         headers = msg.headers or {}
-        target = headers.get(_GROUP_HEADER)
-        if target is not None and target != group:
-            return None
-        if families is not None and type_family(type) not in families:
-            return None
+        subject = msg.subject
+        type = self._types.get(subject)
+        if type is None:
+            type = headers[_TYPE_HEADER] if subject.startswith(self._requeued) else self._type_of(subject)
         deliveries, sequence = _ack_numbers(msg.reply)
         key = headers.get(_KEY_HEADER)
         user_headers = headers.get(_HEADERS_HEADER)
@@ -631,6 +701,15 @@ class JetStreamTransport(Transport):
 
     async def extend(self, deliveries: Sequence[Delivery]) -> None:
         await self._reply(deliveries, _PROGRESS)
+        nc = self._nc
+        for name in {delivery.group for delivery in deliveries}:
+            state = self._groups.get(name)
+            if state is not None and nc is not None:
+                for msg in list(state.buffer):  # fetched, not handed out yet: keep them too
+                    try:
+                        await nc.publish(msg.reply, _PROGRESS)
+                    except Exception:
+                        break
 
     async def dead_letter(self, delivery: Delivery, *, error: str, handler: Optional[str]) -> None:
         sequence = delivery.token.sequence
@@ -752,13 +831,14 @@ class JetStreamTransport(Transport):
         headers = {
             _MSG_ID: f"{letter.message_id}~requeued~{letter.token}",
             _ID_HEADER: letter.message_id,
-            _GROUP_HEADER: letter.group,
+            _TYPE_HEADER: letter.type,
         }
         if letter.key is not None:
             headers[_KEY_HEADER] = json.dumps(letter.key)
         if letter.headers:
             headers[_HEADERS_HEADER] = json.dumps(letter.headers)
-        await self._store(f"requeue the {letter.type} message {letter.message_id}", self._subject(letter.type), letter.payload, headers)
+        subject = f"{self.prefix}.r.{_token(letter.group)}"
+        await self._store(f"requeue the {letter.type} message {letter.message_id}", subject, letter.payload, headers)
 
         async def delete() -> None:
             try:
@@ -774,8 +854,12 @@ class JetStreamTransport(Transport):
         """Messages of ``group`` not yet acknowledged: delivered and unacked, plus undelivered."""
         await self._ensure_open()
         js = self._js
-        info = await self._retrying(f"read the group {group!r}", lambda: js.consumer_info(self.stream, _token(group)))
-        return int(info.num_ack_pending + info.num_pending)
+        names = await self._retrying(f"find the consumer group {group!r}", lambda: self._consumers_of(js, group))
+        total = 0
+        for name in names:
+            info = await self._retrying(f"read the group {group!r}", lambda: js.consumer_info(self.stream, name))
+            total += int(info.num_ack_pending + info.num_pending)
+        return total
 
     async def destroy(self) -> None:
         """Delete this prefix's streams, consumers and marks from the server (tests, benchmarks)."""
