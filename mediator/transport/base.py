@@ -68,7 +68,7 @@ import abc
 import contextvars
 import os
 import re
-from typing import Any, AsyncIterator, Dict, FrozenSet, List, Mapping, Optional, Sequence
+from typing import Any, AsyncIterator, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from mediator.transport.errors import TransportClosedError
 
@@ -294,6 +294,58 @@ class Transport(abc.ABC):
             raise TypeError(f"message_id must be a non-empty str, got {message_id!r}")
         await self._send(type, bytes(payload), key, _check_headers(headers), message_id)
         return message_id
+
+    async def publish_many(
+        self,
+        events: Iterable[Any],
+        *,
+        headers: Optional[Mapping[str, str]] = None,
+    ) -> List[str]:
+        """Publish several events at once (one round trip where the broker allows it).
+
+        Returns their message ids, in order, once the broker holds every one durably.
+        ``headers`` go with each. If it raises, some of the events may have been stored.
+        """
+        encode = self.codec.encode
+        encoded = [encode(event) for event in events]
+        return await self.publish_many_encoded(encoded, headers=headers)
+
+    async def publish_many_encoded(
+        self,
+        messages: Sequence[Tuple[str, bytes]],
+        *,
+        headers: Optional[Mapping[str, str]] = None,
+        message_ids: Optional[Sequence[str]] = None,
+    ) -> List[str]:
+        """``publish_many`` for encoded events: ``(type string, payload)`` pairs.
+
+        ``message_ids``, if given, one per message (else fresh ones).
+        """
+        if self._closed:
+            raise TransportClosedError(f"{self!r} is closed: cannot publish")
+        checked = _check_headers(headers)
+        if message_ids is None:
+            message_ids = [new_message_id() for _ in messages]
+        elif len(message_ids) != len(messages):
+            raise ValueError(f"{len(message_ids)} message ids for {len(messages)} messages")
+        batch = []
+        for (type, payload), message_id in zip(messages, message_ids):
+            if not isinstance(type, str) or not type:
+                raise TypeError(f"the message type must be a non-empty str, got {type!r}")
+            if not isinstance(payload, (bytes, bytearray, memoryview)):
+                raise TypeError(f"the payload of a {type} message must be bytes, got {payload!r}")
+            if not isinstance(message_id, str) or not message_id:
+                raise TypeError(f"message ids must be non-empty strs, got {message_id!r}")
+            batch.append((type, bytes(payload), None, checked, message_id))
+        if batch:
+            await self._send_many(batch)
+        return list(message_ids)
+
+    async def _send_many(self, batch: Sequence[Tuple[str, bytes, Optional[str], Dict[str, str], str]]) -> None:
+        """Store each ``(type, payload, key, headers, message_id)`` (default: concurrent ``_send``)."""
+        import asyncio
+
+        await asyncio.gather(*(self._send(*message) for message in batch))
 
     @abc.abstractmethod
     def dead_letters(self, group: str) -> AsyncIterator[DeadLetter]:

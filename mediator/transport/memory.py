@@ -141,7 +141,7 @@ class MemoryTransport(Transport):
 
     # -- dead letters --------------------------------------------------------------------------
 
-    async def dead_letters(self, group: str) -> AsyncIterator[DeadLetter]:  # type: ignore[override]
+    async def dead_letters(self, group: str) -> AsyncIterator[DeadLetter]:
         self._check()
         found = self.broker.groups.get(group)
         for letter in list(found.dead.values()) if found is not None else ():

@@ -132,6 +132,7 @@ class RedisTransport(Transport):
             raise ValueError(f"prefix must be a non-empty str without spaces, got {prefix!r}")
         self.prefix = prefix
         self.maxlen = maxlen or None
+        self._trim = [b"MAXLEN", b"~", str(maxlen).encode()]
         self.dead_maxlen = dead_maxlen or None
         self.reconnect_timeout = float(reconnect_timeout)
         self.done_ttl = int(done_ttl)
@@ -145,11 +146,12 @@ class RedisTransport(Transport):
         self._redis_options = options
         self._client: Optional[aioredis.Redis] = None
         self._claim_idle: Dict[str, float] = {}
+        self._keys: Dict[Tuple[str, str], bytes] = {}
         self._streams: Dict[str, List[bytes]] = {}  # group -> its streams' keys
         self._next_reclaim: Dict[str, float] = {}
         self._reclaim_from: Dict[Tuple[str, bytes], bytes] = {}
         self._parked: Dict[Any, "asyncio.Task[None]"] = {}
-        self._batch: Optional[List[Tuple[Tuple[Any, ...], "asyncio.Future[Any]"]]] = None
+        self._batch: Optional[List[Tuple[List[Any], "asyncio.Future[Any]"]]] = None
         self._claim_script: Any = None
         self._requeue_script: Any = None
 
@@ -199,22 +201,47 @@ class RedisTransport(Transport):
                 delay = min(delay * 2, 1.0)
 
     def _key(self, kind: str, name: str) -> bytes:
-        return f"{self.prefix}:{kind}:{name}".encode()
+        key = (kind, name)
+        found = self._keys.get(key)
+        if found is None:
+            found = f"{self.prefix}:{kind}:{name}".encode()
+            if kind in ("s", "rq", "dl") and len(self._keys) < 10_000:
+                self._keys[key] = found
+        return found
 
     # -- publishing ----------------------------------------------------------------------------
 
     async def _send(self, type: str, payload: bytes, key: Optional[str], headers: Dict[str, str], message_id: str) -> None:
-        args: List[Any] = ["XADD", self._key("s", type_family(type))]
-        if self.maxlen is not None:
-            args += ["MAXLEN", "~", self.maxlen]
-        args += ["*", "i", message_id, "t", type, "p", payload]
-        if key is not None:
-            args += ["k", key]
-        if headers:
-            args += ["h", json.dumps(headers, separators=(",", ":"))]
-        await self._pipelined(tuple(args))
+        await self._pipelined(self._xadd(type, payload, key, headers, message_id))
 
-    def _pipelined(self, command: Tuple[Any, ...]) -> "asyncio.Future[Any]":
+    def _xadd(self, type: str, payload: bytes, key: Optional[str], headers: Dict[str, str], message_id: str) -> List[Any]:
+        args: List[Any] = [b"XADD", self._key("s", type_family(type))]
+        if self.maxlen is not None:
+            args += self._trim
+        args += [b"*", b"i", message_id, b"t", type, b"p", payload]
+        if key is not None:
+            args += [b"k", key]
+        if headers:
+            args += [b"h", json.dumps(headers, separators=(",", ":"))]
+        return args
+
+    async def _send_many(self, batch: Sequence[Tuple[str, bytes, Optional[str], Dict[str, str], str]]) -> None:
+        commands = [self._xadd(*message) for message in batch]
+        for start in range(0, len(commands), 1000):
+            chunk = commands[start : start + 1000]
+
+            async def send_chunk(chunk: List[List[Any]] = chunk) -> List[Any]:
+                pipe = self.client.pipeline(transaction=False)
+                for command in chunk:
+                    pipe.execute_command(*command)
+                return await pipe.execute(raise_on_error=False)
+
+            replies = await self._retrying(f"publish {len(chunk)} message(s)", send_chunk)
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise TransportError(f"{self!r}: the broker refused a publish: {reply}")
+
+    def _pipelined(self, command: List[Any]) -> "asyncio.Future[Any]":
         """Send ``command`` in one pipeline with the others issued in this loop iteration."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
@@ -232,7 +259,7 @@ class RedisTransport(Transport):
         if batch:
             asyncio.get_running_loop().create_task(self._send_batch(batch))
 
-    async def _send_batch(self, batch: List[Tuple[Tuple[Any, ...], "asyncio.Future[Any]"]]) -> None:
+    async def _send_batch(self, batch: List[Tuple[List[Any], "asyncio.Future[Any]"]]) -> None:
         async def send() -> List[Any]:
             pipe = self.client.pipeline(transaction=False)
             for command, _ in batch:
@@ -258,11 +285,11 @@ class RedisTransport(Transport):
 
     # -- dead letters --------------------------------------------------------------------------
 
-    async def dead_letters(self, group: str) -> AsyncIterator[DeadLetter]:  # type: ignore[override]
+    async def dead_letters(self, group: str) -> AsyncIterator[DeadLetter]:
         key = self._key("dl", group)
         start = b"-"
         while True:
-            entries = await self._retrying(
+            entries: Any = await self._retrying(
                 "read dead letters", lambda: self.client.xrange(key, min=start, max=b"+", count=200)
             )
             for entry_id, fields in entries:
@@ -356,7 +383,9 @@ class RedisTransport(Transport):
             until_reclaim = self._next_reclaim[group] - time.monotonic()
             block_ms = max(1, int(min(timeout, max(until_reclaim, 0.001)) * 1000))
         try:
-            reply = await client.xreadgroup(group, consumer, {key: ">" for key in streams}, count=wanted, block=block_ms)
+            reply: Any = await client.xreadgroup(
+                group, consumer, {key: ">" for key in streams}, count=wanted, block=block_ms
+            )
         except _RETRYABLE as error:
             if found:  # claimed already: hand them out; the read is retried on the next fetch
                 return found

@@ -18,6 +18,7 @@ import logging
 from typing import Any, Dict, List, Tuple
 
 from mediator.transport.base import Transport
+from mediator.transport.errors import TransportClosedError
 
 __all__ = ["Relay"]
 
@@ -100,12 +101,14 @@ class Relay:
         return [tuple(row[:7]) for row in rows]
 
     async def _publish(self, rows: List[Tuple[Any, ...]]) -> None:
-        publish = self.transport.publish_encoded
-        await asyncio.gather(
-            *(
-                publish(type, data.encode() if isinstance(data, str) else bytes(data), message_id=id, headers=_headers(stream, version, position, metadata))
+        transport = self.transport
+        if transport.closed:
+            raise TransportClosedError(f"{transport!r} is closed: the relay {self.name!r} cannot publish")
+        await transport._send_many(
+            [
+                (type, data.encode() if isinstance(data, str) else bytes(data), None, _headers(stream, version, position, metadata), id)
                 for position, stream, version, id, type, data, metadata in rows
-            )
+            ]
         )
 
 

@@ -8,13 +8,16 @@ known or whose payload does not decode goes to the dead letters at once.
 """
 
 import asyncio
+import collections
+import contextvars
 import logging
 import os
 import signal
 import socket
 import threading
-from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Callable, Deque, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple, Union
 
+from mediator._compat import resume_in_task
 from mediator.transport.base import (
     MESSAGE_ID_HEADER,
     Delivery,
@@ -58,6 +61,9 @@ class _Dispatch:
 
     async def __call__(self, event: Any, runs: Sequence[Any]) -> None:
         names = self.worker._names_of(runs)
+        if len(runs) == 1 and not self.done:
+            await self._one(names[0], runs[0])
+            return
         todo = [(name, run) for name, run in zip(names, runs) if name not in self.done]
         if len(todo) == 1:
             await self._one(*todo[0])
@@ -147,14 +153,14 @@ class Worker:
         self.poll = float(poll)
         self.shutdown_timeout = float(shutdown_timeout)
         self.handle_signals = handle_signals
-        self._names: Dict[Any, str] = {}
+        self._names: Dict[Tuple[Any, ...], Tuple[str, ...]] = {}
         self._inflight: Dict["asyncio.Task[None]", Delivery] = {}
         self._started = False
         self._stopping = False
         self._closed = False
         self._running: Optional["asyncio.Future[None]"] = None
-        self._room: Optional["asyncio.Event"] = None
-        self._wake: Optional["asyncio.Event"] = None
+        self._signal: Optional["asyncio.Event"] = None  # set on any change the fetch loop waits for
+        self._ready: Deque[Delivery] = collections.deque()  # fetched, not started
         self._acks: List[Delivery] = []  # settled, to acknowledge in the next batch
         self._unacked = 0  # settled and not yet acknowledged by the broker
         self._ack_tasks: Set["asyncio.Task[None]"] = set()
@@ -200,8 +206,7 @@ class Worker:
         await self.open()
         loop = asyncio.get_running_loop()
         self._running = loop.create_future()
-        self._room = asyncio.Event()
-        self._wake = asyncio.Event()
+        self._signal = asyncio.Event()
         installed = self._install_signals(loop)
         self._keepalive = loop.create_task(self._keep_alive())
         try:
@@ -234,8 +239,8 @@ class Worker:
         is left without acknowledging it (it will be redelivered). Idempotent.
         """
         self._stopping = True
-        if self._wake is not None:
-            self._wake.set()
+        if self._signal is not None:
+            self._signal.set()
         if self._running is None:
             self._closed = True
             return
@@ -260,7 +265,7 @@ class Worker:
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> List[int]:
         if not self.handle_signals or threading.current_thread() is not threading.main_thread():
             return []
-        installed = []
+        installed: List[int] = []
         for signum in (signal.SIGTERM, signal.SIGINT):
             try:
                 loop.add_signal_handler(signum, self._on_signal, signum)
@@ -277,78 +282,100 @@ class Worker:
     # -- the fetch loop ------------------------------------------------------------------------
 
     async def _consume(self) -> None:
-        transport = self.transport
-        assert self._room is not None and self._wake is not None
-        create_task = asyncio.get_running_loop().create_task
+        """Fetch ahead (one fetch at a time, up to ``concurrency`` messages waiting) and
+        start waiting messages while fewer than ``concurrency`` are being handled."""
+        assert self._signal is not None
+        loop = asyncio.get_running_loop()
+        signal_ = self._signal
+        ready = self._ready
+        inflight = self._inflight
+        concurrency = self.concurrency
+        fetching: Optional["asyncio.Task[List[Delivery]]"] = None
         failures = 0
-        while not self._stopping:
-            free = self.concurrency - len(self._inflight)
-            if free <= 0 or self._unacked >= self.concurrency:
-                self._room.clear()
-                await self._wait_any(self._room)
-                continue
-            if free < self.concurrency:
-                # Let the other messages finishing now free their places: one fetch for all.
-                await asyncio.sleep(0)
-                free = self.concurrency - len(self._inflight)
-            try:
-                batch = await transport.fetch(self.group, self.consumer, free, self.poll)
-            except TransportClosedError:
-                if self._stopping:
-                    break
-                raise
-            except Exception as error:  # the broker is away: the transport retried already
-                failures += 1
-                delay = min(0.1 * 2 ** min(failures, 8), 5.0)
-                logger.warning(
-                    "worker %s of group %r: fetch failed (%s); retrying in %.1fs",
-                    self.consumer,
-                    self.group,
-                    _error_text(error),
-                    delay,
-                )
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), delay)
-                except asyncio.TimeoutError:
-                    pass
-                continue
-            failures = 0
-            if self._stopping:
-                if batch:
-                    await self._release(batch)
-                break
-            for delivery in batch:
-                task = create_task(self._handle(delivery))
-                self._inflight[task] = delivery
-                task.add_done_callback(self._settled)
-
-    async def _wait_any(self, event: "asyncio.Event") -> None:
-        """Until ``event`` is set or the worker is stopping."""
-        assert self._wake is not None
-        if self._stopping:
-            return
-        self._wake.clear()
-        waiters = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(self._wake.wait())]
+        fetch_at = 0.0
         try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            while not self._stopping:
+                while ready and len(inflight) < concurrency:
+                    self._start(ready.popleft())
+                if fetching is not None and fetching.done():
+                    try:
+                        ready.extend(fetching.result())
+                        failures = 0
+                    except TransportClosedError:
+                        if self._stopping:
+                            break
+                        raise
+                    except Exception as error:  # the broker is away: the transport retried already
+                        failures += 1
+                        delay = min(0.1 * 2 ** min(failures, 8), 5.0)
+                        logger.warning(
+                            "worker %s of group %r: fetch failed (%s); retrying in %.1fs",
+                            self.consumer,
+                            self.group,
+                            _error_text(error),
+                            delay,
+                        )
+                        fetch_at = loop.time() + delay
+                        loop.call_later(delay, signal_.set)
+                    fetching = None
+                    continue
+                if (
+                    fetching is None
+                    and len(ready) <= concurrency // 2
+                    and self._unacked < concurrency
+                    and loop.time() >= fetch_at
+                ):
+                    fetching = loop.create_task(
+                        self.transport.fetch(self.group, self.consumer, concurrency - len(ready), self.poll)
+                    )
+                    fetching.add_done_callback(lambda _: signal_.set())
+                await signal_.wait()
+                signal_.clear()
         finally:
-            for waiter in waiters:
-                waiter.cancel()
+            if fetching is not None:
+                # A fetch is not cancelled (what it claimed would wait for claim_idle): at
+                # most ``poll`` seconds.
+                await asyncio.wait([fetching])
+                if not fetching.cancelled() and fetching.exception() is None:
+                    ready.extend(fetching.result())
+                elif not fetching.cancelled():
+                    fetching.exception()  # logged by the loop below as a release failure at most
+            if ready:
+                left = list(ready)
+                ready.clear()
+                await self._release(left)
+
+    def _start(self, delivery: Delivery) -> None:
+        """Handle ``delivery``: at once, as far as it goes without waiting, then in a task."""
+        coroutine = self._handle(delivery)
+        context = contextvars.copy_context()
+        try:
+            yielded = context.run(coroutine.send, None)
+        except StopIteration:  # settled without waiting (a handler that did not suspend)
+            return
+        except Exception as error:
+            self._unsettled(error)
+            return
+        task = resume_in_task(coroutine, yielded, context)
+        self._inflight[task] = delivery
+        task.add_done_callback(self._settled)
 
     def _settled(self, task: "asyncio.Task[None]") -> None:
         self._inflight.pop(task, None)
-        if self._room is not None:
-            self._room.set()
+        if self._signal is not None:
+            self._signal.set()
         if not task.cancelled():
             error = task.exception()
             if error is not None:
-                logger.error(
-                    "worker %s of group %r: a message could not be settled (it will be redelivered)",
-                    self.consumer,
-                    self.group,
-                    exc_info=error,
-                )
+                self._unsettled(error)
+
+    def _unsettled(self, error: BaseException) -> None:
+        logger.error(
+            "worker %s of group %r: a message could not be settled (it will be redelivered)",
+            self.consumer,
+            self.group,
+            exc_info=error,
+        )
 
     async def _release(self, batch: Sequence[Delivery]) -> None:
         try:
@@ -368,7 +395,7 @@ class Worker:
         interval = self.claim_idle / 3
         while True:
             await asyncio.sleep(interval)
-            held = list(self._inflight.values())
+            held = [*self._inflight.values(), *self._ready]
             if held:
                 try:
                     await self.transport.extend(held)
@@ -451,23 +478,23 @@ class Worker:
             await transport.mark_handlers_done(delivery, sorted(done.union(dispatch.succeeded)))
         await transport.retry(delivery, max(0.0, float(self._backoff(delivery.deliveries))))
 
-    def _names_of(self, runs: Sequence[Any]) -> List[str]:
+    def _names_of(self, runs: Sequence[Any]) -> Sequence[str]:
         """Each run's handler name, unique within the event (``name#2`` for a repeat)."""
-        names = []
-        seen: Set[str] = set()
-        cache = self._names
-        for run in runs:
-            handler = run.handler
-            name = cache.get(handler)
-            if name is None:
-                name = cache[handler] = handler_name(handler)
-            if name in seen:
-                index = 2
-                while f"{name}#{index}" in seen:
-                    index += 1
-                name = f"{name}#{index}"
-            seen.add(name)
-            names.append(name)
+        handlers = tuple(run.handler for run in runs)
+        names = self._names.get(handlers)
+        if names is None:
+            taken: Set[str] = set()
+            listed = []
+            for handler in handlers:
+                name = handler_name(handler)
+                if name in taken:
+                    index = 2
+                    while f"{name}#{index}" in taken:
+                        index += 1
+                    name = f"{name}#{index}"
+                taken.add(name)
+                listed.append(name)
+            names = self._names[handlers] = tuple(listed)
         return names
 
     def _ack(self, delivery: Delivery) -> None:
@@ -502,8 +529,8 @@ class Worker:
             )
         finally:
             self._unacked -= len(deliveries)
-            if self._room is not None:
-                self._room.set()
+            if self._signal is not None:
+                self._signal.set()
 
     async def _acks_sent(self) -> None:
         """Until every acknowledgement queued so far has been answered."""
