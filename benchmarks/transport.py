@@ -27,6 +27,7 @@ Rows:
 * ``nats faststream``: FastStream's JetStream pull subscriber (``PullSub(batch_size=100)``,
   durable, ``AckPolicy.ACK``).
 * ``nats mediator``: this project's JetStream transport and ``Worker``, publishes as above.
+* ``… mediator batch``: the same, publishing with ``transport.publish_many`` 100 at a time.
 
 Each row runs in a fresh process, rounds interleaved (every row once, then again), best of
 ``--repeat`` for the rate, median for the latencies. "CPU µs/message" is the CPU time
@@ -60,9 +61,11 @@ ROWS: Dict[str, str] = {  # row -> interpreter ("ours" or "faststream")
     "redis raw": "ours",
     "redis faststream": "faststream",
     "redis mediator": "ours",
+    "redis mediator batch": "ours",
     "nats raw": "ours",
     "nats faststream": "faststream",
     "nats mediator": "ours",
+    "nats mediator batch": "ours",
 }
 
 
@@ -333,7 +336,7 @@ async def nats_faststream(args: argparse.Namespace) -> Dict[str, float]:
 # -- this project ---------------------------------------------------------------------
 
 
-async def mediator_row(args: argparse.Namespace, url: str) -> Dict[str, float]:
+async def mediator_row(args: argparse.Namespace, url: str, batch: bool = False) -> Dict[str, float]:
     from dataclasses import dataclass
 
     from mediator.event import LocalEventBus
@@ -364,7 +367,10 @@ async def mediator_row(args: argparse.Namespace, url: str) -> Dict[str, float]:
 
             async def publish_chunk(first: int, count: int) -> None:
                 events = [OrderPlaced(**event_fields(first + i)) for i in range(count)]
-                await asyncio.gather(*(transport.publish(e) for e in events))
+                if batch:
+                    await transport.publish_many(events)
+                else:
+                    await asyncio.gather(*(transport.publish(e) for e in events))
 
             async def publish_one(i: int) -> None:
                 await transport.publish(OrderPlaced(**event_fields(i)))
@@ -418,9 +424,11 @@ WORKERS: Dict[str, Callable[[argparse.Namespace], Awaitable[Dict[str, float]]]] 
     "redis raw": redis_raw,
     "redis faststream": redis_faststream,
     "redis mediator": lambda a: mediator_row(a, a.redis_url),
+    "redis mediator batch": lambda a: mediator_row(a, a.redis_url, batch=True),
     "nats raw": nats_raw,
     "nats faststream": nats_faststream,
     "nats mediator": lambda a: mediator_row(a, a.nats_url),
+    "nats mediator batch": lambda a: mediator_row(a, a.nats_url, batch=True),
 }
 
 
