@@ -249,8 +249,10 @@ class JetStreamTransport(Transport):
             raise ValueError(f"unknown option(s) {sorted(options)} in the NATS URL (known: prefix, maxlen)")
         if not isinstance(prefix, str) or not _PREFIX.match(prefix):
             raise ValueError(f"prefix must be 1-64 letters, digits, '_' or '-', got {prefix!r}")
-        if maxlen is not None and (not isinstance(maxlen, int) or maxlen < 1):
-            raise ValueError(f"maxlen must be a positive int or None, got {maxlen!r}")
+        if maxlen is not None and (isinstance(maxlen, bool) or not isinstance(maxlen, int) or maxlen < 0):
+            raise ValueError(f"maxlen must be an int >= 0 (0: no limit) or None, got {maxlen!r}")
+        if maxlen == 0:
+            maxlen = None
         self.url = url
         self.prefix = prefix
         self.maxlen = maxlen
