@@ -164,6 +164,29 @@ class _Token:
         self.marks: Optional[Dict[str, Any]] = None
 
 
+class _Replies:
+    """The PubAcks of pipelined publishes: one wildcard inbox subscription, a future per token."""
+
+    __slots__ = ("prefix", "futures", "counter", "sub")
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix  # "<inbox>."
+        self.futures: Dict[str, asyncio.Future] = {}
+        self.counter = 0
+        self.sub: Any = None
+
+    def expect(self) -> "tuple[str, asyncio.Future]":
+        self.counter += 1
+        token = str(self.counter)
+        future = self.futures[token] = asyncio.get_running_loop().create_future()
+        return self.prefix + token, future
+
+    async def on_reply(self, msg: Any) -> None:
+        future = self.futures.pop(msg.subject[len(self.prefix) :], None)
+        if future is not None and not future.done():
+            future.set_result(msg)
+
+
 class _Group:
     """What ``fetch`` keeps for one group: its consumers' pullers and one buffer they feed."""
 
@@ -271,6 +294,7 @@ class JetStreamTransport(Transport):
         self._subjects: Dict[str, str] = {}  # type string -> subject
         self._types: Dict[str, str] = {}  # subject -> type string
         self._groups: Dict[str, _Group] = {}
+        self._replies: Optional[_Replies] = None
 
     def __repr__(self) -> str:
         return f"<JetStreamTransport {self.url} prefix={self.prefix!r}{' closed' if self._closed else ''}>"
@@ -360,6 +384,10 @@ class JetStreamTransport(Transport):
     async def _close(self) -> None:
         nc, self._nc, self._js = self._nc, None, None
         groups, self._groups = list(self._groups.values()), {}
+        replies, self._replies = self._replies, None
+        if replies is not None:
+            for future in replies.futures.values():
+                future.cancel()
         if nc is None:
             if self._opening is not None:
                 self._opening.cancel()
@@ -463,7 +491,8 @@ class JetStreamTransport(Transport):
             if refusal is not None:
                 raise PublishError(f"{self!r}: JetStream refused to {what}: {refusal.get('description', refusal)}")
 
-    async def _send(self, type: str, payload: bytes, key: Optional[str], headers: Dict[str, str], message_id: str) -> None:
+    def _message(self, type: str, key: Optional[str], headers: Dict[str, str], message_id: str) -> "tuple[str, Dict[str, str]]":
+        """The subject and the NATS headers of a message to publish."""
         if not _MESSAGE_ID.match(message_id):
             raise ValueError(
                 f"a JetStream message id must be 1-512 printable ASCII characters without spaces, got {message_id!r}"
@@ -473,7 +502,59 @@ class JetStreamTransport(Transport):
             nats_headers[_KEY_HEADER] = json.dumps(key)
         if headers:
             nats_headers[_HEADERS_HEADER] = json.dumps(headers)
-        await self._store(f"publish a {type} message", self._subject(type), payload, nats_headers)
+        return self._subject(type), nats_headers
+
+    async def _send(self, type: str, payload: bytes, key: Optional[str], headers: Dict[str, str], message_id: str) -> None:
+        subject, nats_headers = self._message(type, key, headers, message_id)
+        await self._store(f"publish a {type} message", subject, payload, nats_headers)
+
+    async def _send_many(self, batch: Sequence["tuple[str, bytes, Optional[str], Dict[str, str], str]"]) -> None:
+        """Publish the whole batch at once, then collect the PubAcks; resend what got none.
+
+        Each message is resent alone (same ``Nats-Msg-Id``, so never stored twice) when its
+        PubAck does not come within ``request_timeout`` or the stream could not take it.
+        """
+        messages = [(type, payload, *self._message(type, key, headers, message_id)) for type, payload, key, headers, message_id in batch]
+        nc = self._nc
+        if nc is None or self._closed:
+            nc = await self._ensure_open()
+        replies = self._replies
+        if replies is None:
+            replies = _Replies(nc.new_inbox() + ".")
+            replies.sub = await nc.subscribe(replies.prefix + "*", cb=replies.on_reply, pending_msgs_limit=-1, pending_bytes_limit=-1)
+            self._replies = replies
+        sent: List["tuple[asyncio.Future, int]"] = []
+        try:
+            for index, (_, payload, subject, nats_headers) in enumerate(messages):
+                reply, future = replies.expect()
+                sent.append((future, index))
+                await nc.publish(subject, payload, reply=reply, headers=nats_headers)
+        except nats.errors.ConnectionClosedError as error:
+            raise TransportClosedError(f"{self!r} is closed: cannot publish") from error
+        except _TRANSIENT:
+            pass  # what was not sent gets no PubAck: resent below
+        if sent:
+            await asyncio.wait([future for future, _ in sent], timeout=self.request_timeout)
+        again: List[int] = list(range(len(sent), len(messages)))
+        for future, index in sent:
+            if future.cancelled() or not future.done():
+                future.cancel()
+                again.append(index)
+                continue
+            data = future.result().data
+            if not data:  # a status instead of a PubAck (503: no stream yet, restarting)
+                again.append(index)
+            elif b'"error"' in data:
+                refusal = json.loads(data).get("error")
+                if refusal is not None:
+                    type = messages[index][0]
+                    raise PublishError(f"{self!r}: JetStream refused to publish a {type} message: {refusal.get('description', refusal)}")
+        for token in [token for token, future in replies.futures.items() if future.cancelled()]:
+            del replies.futures[token]
+        if again:
+            await asyncio.gather(
+                *(self._store(f"publish a {messages[i][0]} message", messages[i][2], messages[i][1], messages[i][3]) for i in sorted(again))
+            )
 
     # -- groups -----------------------------------------------------------------------------
 

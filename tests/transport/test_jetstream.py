@@ -254,3 +254,36 @@ def test_a_worker_of_the_group_without_a_type_leaves_its_messages_to_the_workers
                 await new.destroy()
 
     run(main())
+
+
+def test_publish_many_stores_each_once_in_order_and_deduplicates_given_ids() -> None:
+    seen: List[Any] = []
+    bus = LocalEventBus()
+
+    @bus.register
+    async def on_ping(event: Ping, message_id: str) -> None:
+        seen.append((event.n, message_id))
+
+    async def main() -> None:
+        async with transport_for_test() as transport:
+            try:
+                worker = Worker(transport, bus, group="g", poll=0.2, handle_signals=False)
+                async with worker:
+                    running = asyncio.ensure_future(worker.run())
+                    ids = await transport.publish_many([Ping(n) for n in range(300)])
+                    assert len(set(ids)) == 300
+                    encoded = [transport.codec.encode(Ping(n)) for n in range(300, 310)]
+                    given = [f"order-{n}" for n in range(300, 310)]
+                    assert await transport.publish_many_encoded(encoded, message_ids=given) == given
+                    assert await transport.publish_many_encoded(encoded, message_ids=given) == given  # a retry
+                    await wait_until(lambda: len(seen) >= 310, "every message")
+                    await asyncio.sleep(0.3)  # room for a duplicate, if one had been stored
+                    await worker.aclose(5)
+                    await running
+                assert sorted(seen) == sorted(list(zip(range(300), ids)) + list(zip(range(300, 310), given)))
+                info = await transport._js.stream_info(transport.stream)
+                assert info.state.messages == 310
+            finally:
+                await transport.destroy()
+
+    run(main())

@@ -208,13 +208,18 @@ def test_a_server_restart_mid_publish_and_mid_consume_loses_no_acknowledged_publ
             async with worker:
                 running = asyncio.ensure_future(worker.run())
 
-                async def flood() -> None:
-                    for start in range(0, total, 50):
-                        batch = range(start, start + 50)
-                        await asyncio.gather(*(transport.publish(Job(n)) for n in batch))
+                async def flood(numbers: range, many: bool) -> None:
+                    for start in range(numbers.start, numbers.stop, 25):
+                        batch = range(start, start + 25)
+                        if many:
+                            await transport.publish_many([Job(n) for n in batch])
+                        else:
+                            await asyncio.gather(*(transport.publish(Job(n)) for n in batch))
                         acknowledged.extend(batch)  # every publish of the batch returned: PubAck'd
 
-                publishing = asyncio.ensure_future(flood())
+                # Single publishes and batches side by side: the restart hits both.
+                half = total // 2
+                publishing = asyncio.gather(flood(range(0, half), False), flood(range(half, total), True))
                 await wait_until(lambda: len(acknowledged) >= total // 3, 30, "a third of the flood")
                 nats_server.kill()
                 await asyncio.sleep(1.0)
