@@ -4,7 +4,9 @@ Layout, for a key prefix ``P`` (``prefix=``, or ``?prefix=`` in the URL; default
 ``mediator``):
 
 - ``P:s:FAMILY``: one stream per event type family (``bank.Deposited`` for every version
-  of it), trimmed with ``XADD ... MAXLEN ~ maxlen``. An entry's fields: ``i`` message id,
+  of it), trimmed with ``XADD ... MAXLEN ~ maxlen``. The publishes of one loop iteration
+  (or one ``publish_many``) go in one script call that runs their ``XADD``s: one round
+  trip and one reply for up to 500 messages. An entry's fields: ``i`` message id,
   ``t`` type string, ``p`` payload, ``k`` key and ``h`` headers (JSON), when present.
 - A consumer group (``XGROUP CREATE ... MKSTREAM``, at ``$`` for ``start="latest"``, ``0``
   for ``"earliest"``) on each stream its worker's bus consumes, plus ``P:rq:GROUP``, the
@@ -60,7 +62,7 @@ T = TypeVar("T")
 
 _RETRYABLE = (RedisConnectionError, RedisTimeoutError, BusyLoadingError, ConnectionError, OSError)
 _OPTIONS = ("prefix", "maxlen")
-_PUBLISH_BATCH = 512
+_PUBLISH_BATCH = 500
 
 # Reset the idle time (or the delivery counter) of entries this consumer still owns:
 # KEYS[1] stream; ARGV: group, consumer, idle ms (-1: now), retry count (-1: keep), ids...
@@ -78,6 +80,24 @@ for i = 5, #ARGV do
   end
 end
 return done
+"""
+
+# Publish a batch: KEYS the streams; ARGV[1] maxlen ('' for none), then six per message:
+# the stream's index in KEYS, message id, type, payload, '=' .. key or '', headers or ''.
+_PUBLISH = """
+local maxlen = ARGV[1]
+for i = 2, #ARGV, 6 do
+  local args = {KEYS[tonumber(ARGV[i])]}
+  if maxlen ~= '' then args[#args + 1] = 'MAXLEN'; args[#args + 1] = '~'; args[#args + 1] = maxlen end
+  args[#args + 1] = '*'
+  args[#args + 1] = 'i'; args[#args + 1] = ARGV[i + 1]
+  args[#args + 1] = 't'; args[#args + 1] = ARGV[i + 2]
+  args[#args + 1] = 'p'; args[#args + 1] = ARGV[i + 3]
+  if ARGV[i + 4] ~= '' then args[#args + 1] = 'k'; args[#args + 1] = string.sub(ARGV[i + 4], 2) end
+  if ARGV[i + 5] ~= '' then args[#args + 1] = 'h'; args[#args + 1] = ARGV[i + 5] end
+  redis.call('XADD', unpack(args))
+end
+return (#ARGV - 1) / 6
 """
 
 # Move a dead letter back to its group: KEYS[1] dead letters, KEYS[2] requeue stream;
@@ -132,7 +152,7 @@ class RedisTransport(Transport):
             raise ValueError(f"prefix must be a non-empty str without spaces, got {prefix!r}")
         self.prefix = prefix
         self.maxlen = maxlen or None
-        self._trim = [b"MAXLEN", b"~", str(maxlen).encode()]
+        self._maxlen_arg = str(self.maxlen).encode() if self.maxlen else b""
         self.dead_maxlen = dead_maxlen or None
         self.reconnect_timeout = float(reconnect_timeout)
         self.done_ttl = int(done_ttl)
@@ -151,9 +171,10 @@ class RedisTransport(Transport):
         self._next_reclaim: Dict[str, float] = {}
         self._reclaim_from: Dict[Tuple[str, bytes], bytes] = {}
         self._parked: Dict[Any, "asyncio.Task[None]"] = {}
-        self._batch: Optional[List[Tuple[List[Any], "asyncio.Future[Any]"]]] = None
+        self._batch: Optional[List[Tuple[Tuple[Any, ...], "asyncio.Future[None]"]]] = None
         self._claim_script: Any = None
         self._requeue_script: Any = None
+        self._publish_script: Any = None
 
     def __repr__(self) -> str:
         return f"<RedisTransport {self.url} prefix={self.prefix!r}{' closed' if self._closed else ''}>"
@@ -169,6 +190,7 @@ class RedisTransport(Transport):
             self._client = aioredis.Redis.from_url(self.url, **self._redis_options)
             self._claim_script = self._client.register_script(_CLAIM_OWN)
             self._requeue_script = self._client.register_script(_REQUEUE)
+            self._publish_script = self._client.register_script(_PUBLISH)
         return self._client
 
     async def _open(self) -> None:
@@ -212,62 +234,26 @@ class RedisTransport(Transport):
     # -- publishing ----------------------------------------------------------------------------
 
     async def _send(self, type: str, payload: bytes, key: Optional[str], headers: Dict[str, str], message_id: str) -> None:
-        await self._pipelined(self._xadd(type, payload, key, headers, message_id))
-
-    def _xadd(self, type: str, payload: bytes, key: Optional[str], headers: Dict[str, str], message_id: str) -> List[Any]:
-        args: List[Any] = [b"XADD", self._key("s", type_family(type))]
-        if self.maxlen is not None:
-            args += self._trim
-        args += [b"*", b"i", message_id, b"t", type, b"p", payload]
-        if key is not None:
-            args += [b"k", key]
-        if headers:
-            args += [b"h", json.dumps(headers, separators=(",", ":"))]
-        return args
-
-    async def _send_many(self, batch: Sequence[Tuple[str, bytes, Optional[str], Dict[str, str], str]]) -> None:
-        commands = [self._xadd(*message) for message in batch]
-        for start in range(0, len(commands), 1000):
-            chunk = commands[start : start + 1000]
-
-            async def send_chunk(chunk: List[List[Any]] = chunk) -> List[Any]:
-                pipe = self.client.pipeline(transaction=False)
-                for command in chunk:
-                    pipe.execute_command(*command)
-                return await pipe.execute(raise_on_error=False)
-
-            replies = await self._retrying(f"publish {len(chunk)} message(s)", send_chunk)
-            for reply in replies:
-                if isinstance(reply, Exception):
-                    raise TransportError(f"{self!r}: the broker refused a publish: {reply}")
-
-    def _pipelined(self, command: List[Any]) -> "asyncio.Future[Any]":
-        """Send ``command`` in one pipeline with the others issued in this loop iteration."""
+        """Joins the batch of this loop iteration's publishes (one round trip for all)."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         batch = self._batch
         if batch is None:
             batch = self._batch = []
             loop.call_soon(self._flush)
-        batch.append((command, future))
+        batch.append(((type, payload, key, headers, message_id), future))
         if len(batch) >= _PUBLISH_BATCH:
             self._flush()
-        return future
+        await future
 
     def _flush(self) -> None:
         batch, self._batch = self._batch, None
         if batch:
             asyncio.get_running_loop().create_task(self._send_batch(batch))
 
-    async def _send_batch(self, batch: List[Tuple[List[Any], "asyncio.Future[Any]"]]) -> None:
-        async def send() -> List[Any]:
-            pipe = self.client.pipeline(transaction=False)
-            for command, _ in batch:
-                pipe.execute_command(*command)
-            return await pipe.execute(raise_on_error=False)
-
+    async def _send_batch(self, batch: List[Tuple[Tuple[Any, ...], "asyncio.Future[None]"]]) -> None:
         try:
-            replies = await self._retrying(f"publish {len(batch)} message(s)", send)
+            await self._store([message for message, _ in batch])
         except BaseException as error:
             for _, future in batch:
                 if not future.done():
@@ -275,13 +261,36 @@ class RedisTransport(Transport):
             if not isinstance(error, Exception):
                 raise
             return
-        for (_, future), reply in zip(batch, replies):
-            if future.done():
-                continue
-            if isinstance(reply, Exception):
-                future.set_exception(TransportError(f"{self!r}: the broker refused a publish: {reply}"))
-            else:
-                future.set_result(reply)
+        for _, future in batch:
+            if not future.done():
+                future.set_result(None)
+
+    async def _send_many(self, batch: Sequence[Tuple[str, bytes, Optional[str], Dict[str, str], str]]) -> None:
+        await self._store(batch)
+
+    async def _store(self, messages: Sequence[Tuple[Any, ...]]) -> None:
+        """XADD every message, ``_PUBLISH_BATCH`` of them per script call (one reply each)."""
+        for start in range(0, len(messages), _PUBLISH_BATCH):
+            keys: List[bytes] = []
+            index: Dict[bytes, bytes] = {}
+            args: List[Any] = [self._maxlen_arg]
+            for type, payload, key, headers, message_id in messages[start : start + _PUBLISH_BATCH]:
+                stream = self._key("s", type_family(type))
+                position = index.get(stream)
+                if position is None:
+                    keys.append(stream)
+                    position = index[stream] = str(len(keys)).encode()
+                args += (
+                    position,
+                    message_id,
+                    type,
+                    payload,
+                    b"" if key is None else b"=" + key.encode(),
+                    json.dumps(headers, separators=(",", ":")) if headers else b"",
+                )
+            await self._retrying(
+                f"publish {(len(args) - 1) // 6} message(s)", lambda: self._publish_script(keys=keys, args=args)
+            )
 
     # -- dead letters --------------------------------------------------------------------------
 
@@ -350,10 +359,10 @@ class RedisTransport(Transport):
 
     def _parse(self, group: str, consumer: str, stream: bytes, entry_id: bytes, fields: Dict[bytes, bytes], count: int) -> Delivery:
         try:
-            message_id = _text(fields[b"i"])
-            type = _text(fields[b"t"])
-            payload = bytes(fields[b"p"])
-        except KeyError:  # not written by this transport: it is dead-lettered as undecodable
+            message_id = fields[b"i"].decode()
+            type = fields[b"t"].decode()
+            payload = fields[b"p"]
+        except (KeyError, UnicodeDecodeError):  # not written by this transport: it is dead-lettered as undecodable
             message_id = _text(fields.get(b"i", entry_id))
             type = _text(fields.get(b"t", b"?"))
             payload = json.dumps({_text(k): _text(v) for k, v in fields.items()}).encode()

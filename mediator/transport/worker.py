@@ -154,6 +154,7 @@ class Worker:
         self.shutdown_timeout = float(shutdown_timeout)
         self.handle_signals = handle_signals
         self._names: Dict[Tuple[Any, ...], Tuple[str, ...]] = {}
+        self._served: Set[type] = set()
         self._inflight: Dict["asyncio.Task[None]", Delivery] = {}
         self._started = False
         self._stopping = False
@@ -412,12 +413,24 @@ class Worker:
 
     async def _handle(self, delivery: Delivery) -> None:
         transport = self.transport
+        if delivery.deliveries > self.max_deliveries:
+            # Never settled in as many deliveries: its handling kills or stalls workers.
+            await transport.dead_letter(
+                delivery,
+                error=(
+                    f"abandoned: delivered {delivery.deliveries} times and never settled "
+                    f"(max_deliveries={self.max_deliveries}): a worker died or stalled handling it each time"
+                ),
+                handler=None,
+            )
+            return
         try:
             event = transport.codec.decode(delivery.type, delivery.payload)
         except Exception as error:
             await transport.dead_letter(delivery, error=_decode_error_text(delivery, error), handler=None)
             return
-        if not self.bus.handlers_for(type(event)):
+        cls = type(event)
+        if cls not in self._served and not self._serves(cls):
             await transport.dead_letter(
                 delivery,
                 error=f"no handler: the bus of group {self.group!r} has no handler for {type(event).__qualname__}",
@@ -477,6 +490,13 @@ class Worker:
         if dispatch.succeeded:
             await transport.mark_handlers_done(delivery, sorted(done.union(dispatch.succeeded)))
         await transport.retry(delivery, max(0.0, float(self._backoff(delivery.deliveries))))
+
+    def _serves(self, cls: type) -> bool:
+        """Whether the bus has handlers for ``cls`` (remembered once it has)."""
+        if self.bus.handlers_for(cls):
+            self._served.add(cls)
+            return True
+        return False
 
     def _names_of(self, runs: Sequence[Any]) -> Sequence[str]:
         """Each run's handler name, unique within the event (``name#2`` for a repeat)."""

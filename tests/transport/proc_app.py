@@ -47,6 +47,18 @@ async def on_tick(event: Tick) -> None:
     record(f"tick {event.n}")
 
 
+@event_type("proc.Crash")
+@dataclass(frozen=True)
+class Crash:
+    n: int
+
+
+@bus.register
+async def on_crash(event: Crash) -> None:
+    record(f"crash {event.n}")
+    os._exit(3)  # the worker process dies in the handler, as a segfault or an OOM kill would
+
+
 @bus.register
 async def on_slow(event: Slow) -> None:
     record(f"start {event.n}")

@@ -121,6 +121,32 @@ def test_a_long_handler_in_one_process_is_not_run_again_by_another(url: str, wor
     assert workers.lines() == ["start 1", "end 1"]
 
 
+def test_a_message_that_kills_its_workers_is_dead_lettered_after_max_deliveries(url: str, workers: Any) -> None:
+    async def publish() -> None:
+        async with connect(url) as transport:
+            await transport.publish_encoded("proc.Crash", b'{"n": 1}')
+            await transport.publish_encoded("proc.Tick", b'{"n": 2}')
+
+    asyncio.run(publish())
+    options = ("--start", "earliest", "--claim-idle", "0.5", "--max-deliveries", "2", "--concurrency", "1")
+    for attempt in (1, 2):
+        process = workers.start(url, "poison", *options)
+        assert process.wait(30) == 3, f"delivery {attempt} kills the worker"
+    survivor = workers.start(url, "poison", *options)
+    wait_for(lambda: "tick 2" in workers.lines(), 30, "the next message", [survivor])
+
+    async def letters() -> List[Any]:
+        async with connect(url) as transport:
+            return [letter async for letter in transport.dead_letters("poison")]
+
+    (letter,) = asyncio.run(letters())
+    survivor.send_signal(signal.SIGTERM)
+    assert survivor.wait(30) == 0
+    assert workers.lines().count("crash 1") == 2
+    assert (letter.type, letter.deliveries, letter.handler) == ("proc.Crash", 3, None)
+    assert letter.error.startswith("abandoned: delivered 3 times and never settled")
+
+
 def test_streams_are_trimmed(redis_url: str) -> None:
     import redis
 
