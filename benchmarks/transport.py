@@ -260,7 +260,7 @@ async def nats_raw(args: argparse.Namespace) -> Dict[str, float]:
         while not stopping:
             try:
                 messages = await sub.fetch(CHUNK, timeout=0.1)
-            except NatsTimeout:
+            except (NatsTimeout, asyncio.TimeoutError):  # nats-py raises either
                 continue
             for message in messages:
                 message.data  # the trivial handler
