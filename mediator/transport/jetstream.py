@@ -190,19 +190,19 @@ class _Replies:
 class _Group:
     """What ``fetch`` keeps for one group: its consumers' pullers and one buffer they feed."""
 
-    __slots__ = ("name", "pullers", "buffer", "waiter", "refused")
+    __slots__ = ("name", "pullers", "buffer", "waiters", "refused")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.pullers: Dict[str, "_Puller"] = {}  # consumer name -> puller
         self.buffer: Deque[Any] = collections.deque()
-        self.waiter: Optional[asyncio.Future] = None
+        self.waiters: List[asyncio.Future] = []  # the fetches waiting (workers may share a transport)
         self.refused: Optional[str] = None  # why the server refused a pull request (409, 503)
 
     def wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        for waiter in self.waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
 
 class _Puller:
@@ -670,13 +670,14 @@ class JetStreamTransport(Transport):
                     puller.deadline = now + expires + 0.05
                     puller.answered = False
                 wait = min(remaining, max(min(puller.deadline for puller in pullers) - now, 0.01))
-                state.waiter = waiter = asyncio.get_running_loop().create_future()
+                waiter = asyncio.get_running_loop().create_future()
+                state.waiters.append(waiter)
                 try:
                     await asyncio.wait_for(waiter, wait)
                 except asyncio.TimeoutError:
                     pass
                 finally:
-                    state.waiter = None
+                    state.waiters.remove(waiter)
                 if self._closed:
                     return []
                 if state.refused is not None and not buffer:
