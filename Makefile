@@ -10,7 +10,7 @@ PYPY_VENV := .venv-pypy
 DOCS_VENV := .venv-docs
 SOURCES := pyproject.toml setup.py mediator/_core.pyx mediator/_relay.h mediator/_call.h mediator/_method.h
 
-.PHONY: demo test fuzz test-compiled test-pure test-pypy test-typing test-versions check-packaging docs bench bench-peers bench-hooks clean
+.PHONY: demo test fuzz test-compiled test-pure test-pypy test-typing test-versions check-packaging docs bench bench-peers bench-hooks bench-transport bench-store clean
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/python example/demo.py
@@ -87,6 +87,12 @@ bench-peers: $(VENV)/.installed
 # The pure engine's hooked path against the least each dispatch design can cost (needs valgrind).
 bench-hooks: $(VENV)/.installed
 	$(VENV)/bin/python benchmarks/hook_designs.py --instructions
+
+# End-to-end throughput of the transports against raw redis-py / nats-py loops and FastStream,
+# on the Redis (127.0.0.1:6379) and NATS JetStream (127.0.0.1:4222) of this machine.
+bench-transport: $(VENV)/.installed
+	$(VENV)/bin/pip install -q -e '.[redis,nats]'
+	$(VENV)/bin/python benchmarks/transport.py --python $(VENV)/bin/python --repeat 3
 
 clean:
 	rm -rf $(VENV) $(PYPY_VENV) $(DOCS_VENV) site build dist *.egg-info mediator/_core.c mediator/*.so

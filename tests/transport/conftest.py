@@ -30,6 +30,17 @@ def _redis_cleanup(url: str, prefix: str) -> None:
         client.close()
 
 
+def _nats_cleanup(url: str, prefix: str) -> None:
+    from mediator.transport.jetstream import JetStreamTransport
+
+    async def destroy() -> None:
+        transport = JetStreamTransport(url, reconnect_timeout=5)
+        async with transport:
+            await transport.destroy()
+
+    asyncio.run(destroy())
+
+
 def _no_cleanup(url: str, prefix: str) -> None:
     pass
 
@@ -38,6 +49,7 @@ def _no_cleanup(url: str, prefix: str) -> None:
 BACKENDS: Dict[str, Tuple[Callable[[str], str], Callable[[str, str], None]]] = {
     "memory": (lambda prefix: f"memory://{prefix}", _no_cleanup),
     "redis": (lambda prefix: f"{REDIS_URL}?prefix={prefix}", _redis_cleanup),
+    "nats": (lambda prefix: f"{NATS_URL}?prefix={prefix}", _nats_cleanup),
 }
 
 
@@ -239,3 +251,13 @@ def redis_url() -> Any:
         yield f"{REDIS_URL}?prefix={prefix}"
     finally:
         _redis_cleanup(REDIS_URL, prefix)
+
+
+@pytest.fixture
+def nats_url() -> Any:
+    """The shared NATS with a stream prefix of this test's own (deleted afterwards)."""
+    prefix = new_prefix()
+    try:
+        yield f"{NATS_URL}?prefix={prefix}"
+    finally:
+        _nats_cleanup(f"{NATS_URL}?prefix={prefix}", prefix)

@@ -47,9 +47,10 @@ def prefixed(url: str) -> str:
     return f"{url}?prefix=mt{uuid.uuid4().hex[:12]}"
 
 
-@pytest.fixture
-def url(redis_url: str) -> str:
-    return redis_url
+@pytest.fixture(params=["redis", "nats"])
+def url(request: Any) -> str:
+    """The broker-agnostic process tests run on Redis and on JetStream."""
+    return request.getfixturevalue(f"{request.param}_url")
 
 
 def test_sigkill_mid_flood_then_another_worker_handles_every_event(url: str, workers: Any) -> None:
@@ -147,8 +148,10 @@ def test_a_message_that_kills_its_workers_is_dead_lettered_after_max_deliveries(
     assert letter.error.startswith("abandoned: delivered 3 times and never settled")
 
 
-def test_streams_are_trimmed(url: str) -> None:
+def test_streams_are_trimmed(redis_url: str) -> None:
     import redis
+
+    url = redis_url
 
     asyncio.run(publish_ticks(url, range(5_000), maxlen=1_000))
     prefix = url.rsplit("prefix=", 1)[1]
