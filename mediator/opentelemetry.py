@@ -111,11 +111,18 @@ class Tracing(ModifierFactory):
         attach, detach, set_span_in_context = context_api.attach, context_api.detach, trace.set_span_in_context
         clock = time.perf_counter
 
+        known: Dict[type, Any] = {}  # per message class: its span name and attribute sets
+
+        def describe_message(cls: type) -> Any:
+            attributes = {OPERATION: operation, MESSAGE: describe(cls), HANDLER: handler}
+            by_outcome = {outcome: {**attributes, OUTCOME: outcome} for outcome in ("ok", "error", "cancelled")}
+            known[cls] = found = (f"{operation} {cls.__qualname__}", attributes, by_outcome)
+            return found
+
         async def traced(action: ActionSubject) -> Any:
             cls = type(action.subject)
-            message = describe(cls)
-            attributes = {OPERATION: operation, MESSAGE: message, HANDLER: handler}
-            span = tracer.start_span(f"{operation} {cls.__qualname__}", kind=SpanKind.INTERNAL, attributes=attributes)
+            name, attributes, by_outcome = known.get(cls) or describe_message(cls)
+            span = tracer.start_span(name, kind=SpanKind.INTERNAL, attributes=attributes)
             token = attach(set_span_in_context(span))
             outcome = "ok"
             start = clock()
@@ -132,7 +139,7 @@ class Tracing(ModifierFactory):
                 detach(token)
                 span.set_attribute(OUTCOME, outcome)
                 span.end()
-                duration.record(elapsed, {**attributes, OUTCOME: outcome})
+                duration.record(elapsed, by_outcome[outcome])
 
         return traced
 
