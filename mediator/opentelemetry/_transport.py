@@ -1,0 +1,207 @@
+"""Spans and metrics across the process boundary: a transport's publish, a worker's messages.
+
+Messaging semantic conventions: a ``PRODUCER`` span ``publish {destination}`` around
+each publish, whose context goes into the message headers (W3C ``traceparent``, and
+``tracestate`` if any); a ``CONSUMER`` span ``process {destination}`` around each message
+a worker handles, continuing the publisher's trace. The destination is the message's
+type family (``bank.Deposited``), the stream or subject it travels on.
+"""
+
+import contextvars
+import time
+from typing import Any, Mapping, Optional
+
+from opentelemetry import metrics, propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from mediator.opentelemetry._common import (
+    OUTCOME,
+    context_carrier,
+    failed,
+    get_tracer,
+    instruments_of,
+    links_from,
+    mark_instrumented,
+    outcome_of,
+)
+
+__all__ = ["instrument_transport", "instrument_worker"]
+
+SYSTEM = "messaging.system"
+DESTINATION = "messaging.destination.name"
+OPERATION = "messaging.operation"  # the older convention's name, kept beside the newer two
+OPERATION_TYPE = "messaging.operation.type"
+OPERATION_NAME = "messaging.operation.name"
+MESSAGE_ID = "messaging.message.id"
+GROUP = "messaging.consumer.group.name"
+CLIENT_ID = "messaging.client.id"
+DELIVERIES = "mediator.deliveries"
+
+# [consumer span, delivery, outcome] of the message a worker is handling in this context.
+_processing: "contextvars.ContextVar[Any]" = contextvars.ContextVar("mediator.opentelemetry.processing", default=None)
+
+
+def _family(type_string: Any) -> str:
+    from mediator.transport.base import type_family
+
+    return type_family(type_string) if isinstance(type_string, str) else repr(type_string)
+
+
+def instrument_transport(
+    transport: Any,
+    *,
+    tracer_provider: Optional[trace.TracerProvider] = None,
+    meter_provider: Optional[metrics.MeterProvider] = None,
+) -> Any:
+    """A producer span per publish, its context injected into the message's headers.
+
+    Headers that carry a ``traceparent`` already (a relay forwarding a stored event's)
+    are linked to from the producer span, which the consumer then continues.
+    """
+    mark_instrumented(transport)
+    tracer = get_tracer(tracer_provider)
+    duration = instruments_of(meter_provider).duration
+    system = getattr(transport, "scheme", type(transport).__name__)
+    publish_encoded = transport.publish_encoded
+    clock = time.perf_counter
+
+    async def traced_publish_encoded(
+        type: Any,
+        payload: Any,
+        *,
+        key: Optional[str] = None,
+        headers: Optional[Mapping[str, str]] = None,
+        message_id: Optional[str] = None,
+    ) -> str:
+        if headers is not None and not isinstance(headers, Mapping):  # the transport's own error
+            return await publish_encoded(type, payload, key=key, headers=headers, message_id=message_id)
+        destination = _family(type)
+        given = dict(headers) if headers else {}
+        attributes = {
+            SYSTEM: system,
+            DESTINATION: destination,
+            OPERATION: "publish",
+            OPERATION_TYPE: "send",
+            OPERATION_NAME: "publish",
+        }
+        if isinstance(message_id, str):
+            attributes[MESSAGE_ID] = message_id
+        outcome = "ok"
+        start = clock()
+        with tracer.start_as_current_span(
+            f"publish {destination}",
+            kind=SpanKind.PRODUCER,
+            attributes=attributes,
+            links=links_from(given),
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            given.update(context_carrier())  # the consumer continues from this span
+            try:
+                sent = await publish_encoded(type, payload, key=key, headers=given, message_id=message_id)
+            except BaseException as error:
+                outcome = outcome_of(error)
+                if outcome == "error":
+                    failed(span, error)
+                raise
+            finally:
+                span.set_attribute(OUTCOME, outcome)
+                duration.record(
+                    clock() - start,
+                    {SYSTEM: system, DESTINATION: destination, OPERATION: "publish", OUTCOME: outcome},
+                )
+            span.set_attribute(MESSAGE_ID, sent)
+            return sent
+
+    transport.publish_encoded = traced_publish_encoded
+    return transport
+
+
+def _count_settlements(transport: Any, instruments: Any) -> None:
+    """Count the dead letters a worker writes on ``transport`` and tell the consumer span
+    how its message ended (once per transport, however many workers share it)."""
+    if getattr(transport, "_mediator_opentelemetry_consumer", False):
+        return
+    transport._mediator_opentelemetry_consumer = True
+    system = getattr(transport, "scheme", type(transport).__name__)
+    dead_letter, retry = transport.dead_letter, transport.retry
+
+    def settled(delivery: Any, outcome: str, description: str) -> None:
+        processing = _processing.get()
+        if processing is not None and processing[1] is delivery:
+            processing[2] = outcome
+            processing[0].set_status(Status(StatusCode.ERROR, description))
+
+    async def traced_dead_letter(delivery: Any, *, error: str, handler: Optional[str]) -> None:
+        await dead_letter(delivery, error=error, handler=handler)
+        instruments.dead_lettered.add(1, {SYSTEM: system, DESTINATION: _family(delivery.type), GROUP: delivery.group})
+        settled(delivery, "dead_lettered", f"dead-lettered: {error}" + (f" in {handler}" if handler else ""))
+
+    async def traced_retry(delivery: Any, delay: float) -> None:
+        await retry(delivery, delay)
+        settled(delivery, "retried", f"to be retried in {delay:g}s")
+
+    transport.dead_letter = traced_dead_letter
+    transport.retry = traced_retry
+
+
+def instrument_worker(
+    worker: Any,
+    *,
+    tracer_provider: Optional[trace.TracerProvider] = None,
+    meter_provider: Optional[metrics.MeterProvider] = None,
+) -> Any:
+    """A consumer span per message the worker handles, continuing the publisher's trace,
+    and the consumed, redelivered and dead-lettered counters."""
+    mark_instrumented(worker)
+    tracer = get_tracer(tracer_provider)
+    instruments = instruments_of(meter_provider)
+    transport = worker.transport
+    _count_settlements(transport, instruments)
+    system = getattr(transport, "scheme", type(transport).__name__)
+    group, consumer = worker.group, worker.consumer
+    handle = worker._handle
+    clock = time.perf_counter
+
+    async def traced_handle(delivery: Any) -> None:
+        destination = _family(delivery.type)
+        counted = {SYSTEM: system, DESTINATION: destination, GROUP: group}
+        instruments.consumed.add(1, counted)
+        if delivery.deliveries > 1:
+            instruments.redelivered.add(1, counted)
+        attributes = {
+            **counted,
+            OPERATION: "process",
+            OPERATION_TYPE: "process",
+            OPERATION_NAME: "process",
+            MESSAGE_ID: delivery.message_id,
+            CLIENT_ID: consumer,
+            DELIVERIES: delivery.deliveries,
+        }
+        parent = propagate.extract(dict(delivery.headers or {}))
+        start = clock()
+        with tracer.start_as_current_span(
+            f"process {destination}",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            processing = [span, delivery, "ok"]  # the outcome: settled() may change it
+            token = _processing.set(processing)
+            try:
+                await handle(delivery)
+            except BaseException as error:
+                processing[2] = outcome_of(error)
+                if processing[2] == "error":
+                    failed(span, error)
+                raise
+            finally:
+                _processing.reset(token)
+                span.set_attribute(OUTCOME, processing[2])
+                duration.record(clock() - start, {**counted, OPERATION: "process", OUTCOME: processing[2]})
+
+    duration = instruments.duration
+    worker._handle = traced_handle
+    return worker
