@@ -56,6 +56,7 @@ def check_pure_wheel(out: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     check("mediator/_core_py.py" in names and not any(n.endswith((".so", ".pyd")) for n in names),
           "pure wheel holds the pure engine and no binary")
+    check("mediator/opentelemetry/__init__.py" in names, "wheel carries mediator.opentelemetry (the extra's package)")
     (metadata,) = (n for n in names if n.endswith(".dist-info/METADATA"))
     headers = zipfile.ZipFile(wheel).read(metadata).decode().split("\n\n", 1)[0].splitlines()
     check("License-Expression: MIT" in headers, "wheel metadata has the SPDX license expression MIT")
