@@ -8,6 +8,7 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 
 from mediator.event import LocalEventBus
 from mediator.eventsourcing import Aggregate, Repository, Subscription, applies, open_store
@@ -162,3 +163,55 @@ def test_store_append_saves_the_context_only_when_a_span_is_current(spans):
     assert metadata["a"] == {}
     assert metadata["b"] == {"traceparent": "mine"}  # the caller's own key wins
     assert metadata["c"] == {"traceparent": w3c(span)}
+
+
+def test_a_relay_links_each_message_back_and_the_worker_continues_it(tmp_path, spans):
+    """Store -> Relay -> broker -> Worker: the relay's producer span links to the command
+    that saved the event; the worker's consumer span continues the relay's."""
+    import uuid
+
+    from mediator.transport import Relay, Worker, connect
+
+    provider, exporter = spans
+    handled = []
+
+    async def main():
+        async with open_store(f"sqlite:///{tmp_path / 'events.db'}") as store:
+            carts = instrument(Repository(store))
+            requests = LocalRequestBus()
+
+            @requests.register
+            async def open_cart(command: OpenCart) -> None:
+                cart = Cart()
+                cart.record(CartOpened(command.owner))
+                await carts.save(cart)
+
+            instrument(requests, tracer_provider=provider)
+            await requests.execute(OpenCart("cy"))
+            async with connect(f"memory://{uuid.uuid4().hex}") as transport:
+                instrument(transport, tracer_provider=provider)
+                billing = LocalEventBus()
+
+                @billing.register
+                async def bill(event: CartOpened) -> None:
+                    handled.append(event)
+
+                async with Worker(transport, billing, group="billing", start="earliest") as worker:
+                    instrument(worker, tracer_provider=provider)
+                    assert await Relay(store, transport, name="to-broker").catch_up() == 1
+                    task = asyncio.ensure_future(worker.run())
+                    while not handled:
+                        await asyncio.sleep(0.01)
+                    await worker.aclose()
+                    await task
+
+    asyncio.run(main())
+    finished = exporter.get_finished_spans()
+    (execute,) = [span for span in finished if span.name == "execute OpenCart"]
+    (producer,) = [span for span in finished if span.kind is SpanKind.PRODUCER]
+    (consumer,) = [span for span in finished if span.kind is SpanKind.CONSUMER]
+    assert producer.parent is None  # the relay's own trace...
+    (link,) = producer.links  # ...linked to the command's
+    assert (link.context.trace_id, link.context.span_id) == (execute.context.trace_id, execute.context.span_id)
+    assert consumer.parent.span_id == producer.context.span_id
+    assert consumer.attributes["mediator.outcome"] == "ok"

@@ -8,6 +8,7 @@ type family (``bank.Deposited``), the stream or subject it travels on.
 """
 
 import contextvars
+import json
 import time
 from typing import Any, Mapping, Optional
 
@@ -47,6 +48,18 @@ def _family(type_string: Any) -> str:
     return type_family(type_string) if isinstance(type_string, str) else repr(type_string)
 
 
+def _stored_metadata(headers: Mapping[str, str]) -> Any:
+    """The metadata a ``Relay`` forwards with a stored event (its ``metadata`` header, JSON)."""
+    text = headers.get("metadata")
+    if not isinstance(text, str) or "traceparent" not in text:
+        return None
+    try:
+        metadata = json.loads(text)
+    except ValueError:
+        return None
+    return metadata if isinstance(metadata, dict) else None
+
+
 def instrument_transport(
     transport: Any,
     *,
@@ -55,8 +68,9 @@ def instrument_transport(
 ) -> Any:
     """A producer span per publish, its context injected into the message's headers.
 
-    Headers that carry a ``traceparent`` already (a relay forwarding a stored event's)
-    are linked to from the producer span, which the consumer then continues.
+    A message that carries a trace context already, in a ``traceparent`` header or in the
+    stored metadata a ``Relay`` forwards (its ``metadata`` header), gets a producer span
+    linked to it (the command that saved the event), which the consumer then continues.
     """
     mark_instrumented(transport)
     tracer = get_tracer(tracer_provider)
@@ -92,7 +106,7 @@ def instrument_transport(
             f"publish {destination}",
             kind=SpanKind.PRODUCER,
             attributes=attributes,
-            links=links_from(given),
+            links=links_from(given) or links_from(_stored_metadata(given)),
             record_exception=False,
             set_status_on_exception=False,
         ) as span:
