@@ -245,3 +245,38 @@ def test_a_publish_outside_any_span_starts_a_trace_the_worker_continues():
     (producer,) = telemetry.spans("publish test.otel")
     assert producer.parent is None
     assert seen == [producer.context.trace_id]
+
+
+def test_an_instrumented_bus_continues_the_trace_under_a_worker_that_is_not():
+    """``python -m mediator.worker app:bus`` builds its own Worker: instrumenting the bus in
+    the app is enough for its spans to continue the publisher's trace."""
+    from mediator.transport import Worker, connect
+
+    telemetry = Telemetry()
+    bus = LocalEventBus()
+    seen = []
+
+    @bus.register
+    async def notify(event: Shipped) -> None:
+        seen.append(trace.get_current_span().get_span_context())
+
+    telemetry.instrument(bus)
+
+    async def main():
+        async with connect(f"memory://{uuid.uuid4().hex}") as transport:
+            telemetry.instrument(transport)
+            async with Worker(transport, bus, group="g", start="earliest") as worker:
+                await transport.publish(Shipped(1))
+                task = asyncio.ensure_future(worker.run())
+                while not seen:
+                    await asyncio.sleep(0.01)
+                await worker.aclose()
+                await task
+
+    asyncio.run(main())
+    (producer,) = [span for span in telemetry.spans() if span.kind is SpanKind.PRODUCER]
+    (publish,) = telemetry.spans("publish Shipped")
+    (handle,) = telemetry.spans("handle Shipped")
+    assert publish.parent.span_id == producer.context.span_id
+    assert handle.parent.span_id == publish.context.span_id
+    assert seen[0].trace_id == producer.context.trace_id

@@ -2,10 +2,10 @@
 
 import itertools
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Mapping, Optional
 
 from opentelemetry import context as context_api
-from opentelemetry import metrics, trace
+from opentelemetry import metrics, propagate, trace
 from opentelemetry.trace import SpanKind
 
 from mediator.common.handler import describe
@@ -102,20 +102,29 @@ def _traced_publish(publish: Callable[..., Any], tracer: trace.Tracer, instrumen
     """``publish`` inside a span of its own, the parent of its handlers' spans.
 
     An event handed over with the store record it came from (``recorded=``, as a
-    ``Subscription`` does) links its span to the trace context saved in its metadata.
+    ``Subscription`` does) links its span to the trace context saved in its metadata; one
+    handed over with message headers that carry a ``traceparent`` (``headers=``, as a
+    ``Worker`` does) continues that trace when no span is current (a worker that is not
+    instrumented itself, such as one run by ``python -m mediator.worker``).
     """
     duration = instruments.duration
     clock = time.perf_counter
+    current_span = trace.get_current_span
 
     async def traced_publish(obj: Any, **inject: Any) -> None:
         cls = type(obj)
         attributes = {OPERATION: "publish", MESSAGE: describe(cls)}
         recorded = inject.get("recorded")
         links = links_from(getattr(recorded, "metadata", None)) if recorded is not None else ()
+        headers = inject.get("headers")
+        parent = None
+        if isinstance(headers, Mapping) and "traceparent" in headers and not current_span().get_span_context().is_valid:
+            parent = propagate.extract({key: value for key, value in headers.items() if isinstance(value, str)})
         outcome = "ok"
         start = clock()
         with tracer.start_as_current_span(
             f"publish {cls.__qualname__}",
+            context=parent,
             kind=SpanKind.INTERNAL,
             attributes=attributes,
             links=links,
