@@ -280,3 +280,38 @@ def test_an_instrumented_bus_continues_the_trace_under_a_worker_that_is_not():
     assert publish.parent.span_id == producer.context.span_id
     assert handle.parent.span_id == publish.context.span_id
     assert seen[0].trace_id == producer.context.trace_id
+
+
+def test_publish_many_gives_each_message_its_producer_span():
+    from mediator.transport import Worker, connect
+
+    telemetry = Telemetry()
+    bus = LocalEventBus()
+    seen = []
+
+    @bus.register
+    async def notify(event: Shipped) -> None:
+        seen.append(event.order_id)
+
+    async def main():
+        async with connect(f"memory://{uuid.uuid4().hex}") as transport:
+            telemetry.instrument(transport)
+            async with Worker(transport, bus, group="g", start="earliest") as worker:
+                telemetry.instrument(worker)
+                with telemetry.tracer.start_as_current_span("batch job"):
+                    ids = await transport.publish_many([Shipped(1), Shipped(2)], headers={"tenant": "a"})
+                task = asyncio.ensure_future(worker.run())
+                while len(seen) < 2:
+                    await asyncio.sleep(0.01)
+                await worker.aclose()
+                await task
+                return ids
+
+    ids = asyncio.run(main())
+    (job,) = telemetry.spans("batch job")
+    producers = {span.attributes["messaging.message.id"]: span for span in telemetry.spans() if span.kind is SpanKind.PRODUCER}
+    consumers = {span.attributes["messaging.message.id"]: span for span in telemetry.spans() if span.kind is SpanKind.CONSUMER}
+    assert sorted(producers) == sorted(consumers) == sorted(ids)
+    for message_id in ids:
+        assert producers[message_id].parent.span_id == job.context.span_id
+        assert consumers[message_id].parent.span_id == producers[message_id].context.span_id

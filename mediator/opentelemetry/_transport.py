@@ -10,8 +10,9 @@ type family (``bank.Deposited``), the stream or subject it travels on.
 import contextvars
 import json
 import time
-from typing import Any, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Tuple
 
+from opentelemetry import context as context_api
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -66,8 +67,11 @@ def instrument_transport(
     tracer_provider: Optional[trace.TracerProvider] = None,
     meter_provider: Optional[metrics.MeterProvider] = None,
 ) -> Any:
-    """A producer span per publish, its context injected into the message's headers.
+    """A producer span per message published, its context injected into the message's headers.
 
+    Both ways out are covered: ``publish``/``publish_encoded`` (the span is current while
+    the broker takes the message) and the batches of ``publish_many`` and of a ``Relay``
+    (a span per message, started before the batch goes and ended when the broker has it).
     A message that carries a trace context already, in a ``traceparent`` header or in the
     stored metadata a ``Relay`` forwards (its ``metadata`` header), gets a producer span
     linked to it (the command that saved the event), which the consumer then continues.
@@ -76,8 +80,35 @@ def instrument_transport(
     tracer = get_tracer(tracer_provider)
     duration = instruments_of(meter_provider).duration
     system = getattr(transport, "scheme", type(transport).__name__)
-    publish_encoded = transport.publish_encoded
+    publish_encoded, send_many = transport.publish_encoded, transport._send_many
     clock = time.perf_counter
+
+    def start(type_string: Any, headers: Dict[str, str], message_id: Any) -> Tuple[Any, str]:
+        destination = _family(type_string)
+        attributes = {
+            SYSTEM: system,
+            DESTINATION: destination,
+            OPERATION: "publish",
+            OPERATION_TYPE: "send",
+            OPERATION_NAME: "publish",
+        }
+        if isinstance(message_id, str):
+            attributes[MESSAGE_ID] = message_id
+        span = tracer.start_span(
+            f"publish {destination}",
+            kind=SpanKind.PRODUCER,
+            attributes=attributes,
+            links=links_from(headers) or links_from(_stored_metadata(headers)),
+        )
+        return span, destination
+
+    def end(span: Any, destination: str, began: float, error: Optional[BaseException]) -> None:
+        outcome = "ok" if error is None else outcome_of(error)
+        if outcome == "error" and error is not None:
+            failed(span, error)
+        span.set_attribute(OUTCOME, outcome)
+        span.end()
+        duration.record(clock() - began, {SYSTEM: system, DESTINATION: destination, OPERATION: "publish", OUTCOME: outcome})
 
     async def traced_publish_encoded(
         type: Any,
@@ -89,45 +120,42 @@ def instrument_transport(
     ) -> str:
         if headers is not None and not isinstance(headers, Mapping):  # the transport's own error
             return await publish_encoded(type, payload, key=key, headers=headers, message_id=message_id)
-        destination = _family(type)
         given = dict(headers) if headers else {}
-        attributes = {
-            SYSTEM: system,
-            DESTINATION: destination,
-            OPERATION: "publish",
-            OPERATION_TYPE: "send",
-            OPERATION_NAME: "publish",
-        }
-        if isinstance(message_id, str):
-            attributes[MESSAGE_ID] = message_id
-        outcome = "ok"
-        start = clock()
-        with tracer.start_as_current_span(
-            f"publish {destination}",
-            kind=SpanKind.PRODUCER,
-            attributes=attributes,
-            links=links_from(given) or links_from(_stored_metadata(given)),
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
+        span, destination = start(type, given, message_id)
+        began = clock()
+        token = context_api.attach(trace.set_span_in_context(span))
+        try:
             given.update(context_carrier())  # the consumer continues from this span
-            try:
-                sent = await publish_encoded(type, payload, key=key, headers=given, message_id=message_id)
-            except BaseException as error:
-                outcome = outcome_of(error)
-                if outcome == "error":
-                    failed(span, error)
-                raise
-            finally:
-                span.set_attribute(OUTCOME, outcome)
-                duration.record(
-                    clock() - start,
-                    {SYSTEM: system, DESTINATION: destination, OPERATION: "publish", OUTCOME: outcome},
-                )
+            sent = await publish_encoded(type, payload, key=key, headers=given, message_id=message_id)
             span.set_attribute(MESSAGE_ID, sent)
-            return sent
+        except BaseException as error:
+            context_api.detach(token)
+            end(span, destination, began, error)
+            raise
+        context_api.detach(token)
+        end(span, destination, began, None)
+        return sent
+
+    async def traced_send_many(batch: Any) -> None:
+        began = clock()
+        spans, traced = [], []
+        for type_string, payload, key, headers, message_id in batch:
+            headers = dict(headers)
+            span, destination = start(type_string, headers, message_id)
+            propagate.inject(headers, context=trace.set_span_in_context(span))
+            spans.append((span, destination))
+            traced.append((type_string, payload, key, headers, message_id))
+        try:
+            await send_many(traced)
+        except BaseException as error:
+            for span, destination in spans:
+                end(span, destination, began, error)
+            raise
+        for span, destination in spans:
+            end(span, destination, began, None)
 
     transport.publish_encoded = traced_publish_encoded
+    transport._send_many = traced_send_many
     return transport
 
 
