@@ -29,6 +29,18 @@ class Rejected:
 
 bus = LocalEventBus()
 
+if os.environ.get("OTEL_TEST_SPANS"):  # run by `python -m mediator.worker otel_worker_app:bus --opentelemetry`
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
+
+    _provider = TracerProvider()
+    _spans = open(os.environ["OTEL_TEST_SPANS"], "a")
+    _provider.add_span_processor(
+        SimpleSpanProcessor(ConsoleSpanExporter(out=_spans, formatter=lambda span: span.to_json(indent=None) + "\n"))
+    )
+    trace.set_tracer_provider(_provider)
+
 
 @bus.register
 async def notify(event: Shipped) -> None:

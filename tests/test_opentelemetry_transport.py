@@ -315,3 +315,46 @@ def test_publish_many_gives_each_message_its_producer_span():
     for message_id in ids:
         assert producers[message_id].parent.span_id == job.context.span_id
         assert consumers[message_id].parent.span_id == producers[message_id].context.span_id
+
+
+def test_the_worker_command_line_traces_with_opentelemetry(tmp_path):
+    """``python -m mediator.worker MODULE:BUS --opentelemetry``: the module sets the global
+    providers up; the worker continues the publisher's trace on the real Redis."""
+    telemetry = Telemetry()
+    prefix = f"test-otel-cli-{uuid.uuid4().hex[:12]}"
+    spans_path = str(tmp_path / "spans.jsonl")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "mediator.worker", "otel_worker_app:bus", "--url", f"{REDIS_URL}?prefix={prefix}",
+         "--group", "cli", "--start", "earliest", "--opentelemetry", "--log-level", "WARNING"],
+        cwd=HERE,
+        env={**os.environ, "OTEL_TEST_SPANS": spans_path},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+
+        async def publish():
+            from mediator.transport import connect
+
+            async with connect(REDIS_URL, prefix=prefix) as transport:
+                telemetry.instrument(transport)
+                return await transport.publish(Shipped(3))
+
+        message_id = asyncio.run(publish())
+        deadline = time.monotonic() + 60
+        while not any(span["name"] == "handle Shipped" for span in read_spans(spans_path)):
+            assert worker.poll() is None, worker.stderr.read()
+            assert time.monotonic() < deadline, "the worker did not handle the message"
+            time.sleep(0.05)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            code = worker.wait(30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            raise
+    assert code == 0, worker.stderr.read()
+    (producer,) = [span for span in telemetry.spans() if span.kind is SpanKind.PRODUCER]
+    (consumer,) = [span for span in read_spans(spans_path) if span["kind"] == "SpanKind.CONSUMER"]
+    assert consumer["parent_id"] == hex_id(producer.context.span_id, 16)
+    assert consumer["attributes"]["messaging.message.id"] == message_id
