@@ -34,6 +34,15 @@ class OrderPlaced:
     order_id: int
 
 
+@pytest.fixture(autouse=True)
+def no_opentelemetry_errors(caplog):
+    """OpenTelemetry logs what it refuses (a context it cannot detach, a bad attribute):
+    none of that may happen."""
+    yield
+    errors = [record.getMessage() for record in caplog.get_records("call") if record.name.startswith("opentelemetry")]
+    assert not errors, errors
+
+
 class Telemetry:
     """An SDK tracer provider and meter provider that keep everything in memory."""
 

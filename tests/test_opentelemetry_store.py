@@ -41,6 +41,15 @@ class OpenCart:
     owner: str
 
 
+@pytest.fixture(autouse=True)
+def no_opentelemetry_errors(caplog):
+    """OpenTelemetry logs what it refuses (a context it cannot detach, a bad attribute):
+    none of that may happen."""
+    yield
+    errors = [record.getMessage() for record in caplog.get_records("call") if record.name.startswith("opentelemetry")]
+    assert not errors, errors
+
+
 def w3c(span) -> str:
     """The ``traceparent`` header of ``span``."""
     context = span.get_span_context()

@@ -32,6 +32,15 @@ from otel_worker_app import Rejected, Shipped  # noqa: E402
 REDIS_URL = os.environ.get("MEDIATOR_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
+@pytest.fixture(autouse=True)
+def no_opentelemetry_errors(caplog):
+    """OpenTelemetry logs what it refuses (a context it cannot detach, a bad attribute):
+    none of that may happen."""
+    yield
+    errors = [record.getMessage() for record in caplog.get_records("call") if record.name.startswith("opentelemetry")]
+    assert not errors, errors
+
+
 class Telemetry:
     def __init__(self) -> None:
         self.exporter = InMemorySpanExporter()

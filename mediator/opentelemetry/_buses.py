@@ -4,7 +4,6 @@ import itertools
 import time
 from typing import Any, Callable, Dict, Mapping, Optional
 
-from opentelemetry import context as context_api
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.trace import SpanKind
 
@@ -18,12 +17,14 @@ from mediator.opentelemetry._common import (
     OPERATION,
     OUTCOME,
     Instruments,
+    activate,
     failed,
     get_tracer,
     instruments_of,
     links_from,
     mark_instrumented,
     outcome_of,
+    restore,
 )
 
 __all__ = ["Tracing", "instrument_bus"]
@@ -60,7 +61,6 @@ class Tracing(ModifierFactory):
         operation = self.operation
         tracer = self.tracer
         duration, failures = self.instruments.duration, self.instruments.failures
-        attach, detach, set_span_in_context = context_api.attach, context_api.detach, trace.set_span_in_context
         clock = time.perf_counter
         known: Dict[type, Any] = {}  # per message class: its span name and attribute sets
 
@@ -74,7 +74,7 @@ class Tracing(ModifierFactory):
             cls = type(action.subject)
             name, attributes, by_outcome = known.get(cls) or describe_message(cls)
             span = tracer.start_span(name, kind=SpanKind.INTERNAL, attributes=attributes)
-            token = attach(set_span_in_context(span))
+            previous = activate(span)
             outcome = "ok"
             start = clock()
             try:
@@ -87,7 +87,7 @@ class Tracing(ModifierFactory):
                 raise
             finally:
                 elapsed = clock() - start
-                detach(token)
+                restore(previous)
                 span.set_attribute(OUTCOME, outcome)
                 span.end()
                 duration.record(elapsed, by_outcome[outcome])
@@ -122,25 +122,22 @@ def _traced_publish(publish: Callable[..., Any], tracer: trace.Tracer, instrumen
             parent = propagate.extract({key: value for key, value in headers.items() if isinstance(value, str)})
         outcome = "ok"
         start = clock()
-        with tracer.start_as_current_span(
-            f"publish {cls.__qualname__}",
-            context=parent,
-            kind=SpanKind.INTERNAL,
-            attributes=attributes,
-            links=links,
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
-            try:
-                await publish(obj, **inject)
-            except BaseException as error:
-                outcome = outcome_of(error)
-                if outcome == "error":
-                    failed(span, error)
-                raise
-            finally:
-                span.set_attribute(OUTCOME, outcome)
-                duration.record(clock() - start, {**attributes, OUTCOME: outcome})
+        span = tracer.start_span(
+            f"publish {cls.__qualname__}", context=parent, kind=SpanKind.INTERNAL, attributes=attributes, links=links
+        )
+        previous = activate(span, parent)
+        try:
+            await publish(obj, **inject)
+        except BaseException as error:
+            outcome = outcome_of(error)
+            if outcome == "error":
+                failed(span, error)
+            raise
+        finally:
+            restore(previous)
+            span.set_attribute(OUTCOME, outcome)
+            span.end()
+            duration.record(clock() - start, {**attributes, OUTCOME: outcome})
 
     traced_publish.__wrapped__ = publish  # type: ignore[attr-defined]
     return traced_publish

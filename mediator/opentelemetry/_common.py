@@ -4,6 +4,7 @@ import asyncio
 import weakref
 from typing import Any, Dict, Iterable, Mapping, Optional, Sequence
 
+from opentelemetry import context as context_api
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.trace import Link, Status, StatusCode
@@ -90,6 +91,24 @@ def instruments_of(meter_provider: Optional[metrics.MeterProvider]) -> Instrumen
             metrics.get_meter(SCOPE, __version__, meter_provider=meter_provider)
         )
     return found
+
+
+def activate(span: trace.Span, parent: Any = None) -> Any:
+    """Make ``span`` current (in ``parent``'s context, else the current one); returns the
+    context to ``restore``.
+
+    Restored by value, not by a contextvars token: before Python 3.11 (and on PyPy) a
+    coroutine whose first step ran inline, in one context, goes on in a task that runs in
+    a copy of it (``asyncio`` cannot give a task a context there), where a token of the
+    first context is refused ("created in a different Context").
+    """
+    previous = context_api.get_current()
+    context_api.attach(trace.set_span_in_context(span, parent if parent is not None else previous))
+    return previous
+
+
+def restore(previous: Any) -> None:
+    context_api.attach(previous)
 
 
 def failed(span: trace.Span, error: BaseException) -> None:

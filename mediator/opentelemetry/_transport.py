@@ -12,12 +12,12 @@ import json
 import time
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from opentelemetry import context as context_api
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from mediator.opentelemetry._common import (
     OUTCOME,
+    activate,
     context_carrier,
     failed,
     get_tracer,
@@ -25,6 +25,7 @@ from mediator.opentelemetry._common import (
     links_from,
     mark_instrumented,
     outcome_of,
+    restore,
 )
 
 __all__ = ["instrument_transport", "instrument_worker"]
@@ -123,16 +124,16 @@ def instrument_transport(
         given = dict(headers) if headers else {}
         span, destination = start(type, given, message_id)
         began = clock()
-        token = context_api.attach(trace.set_span_in_context(span))
+        previous = activate(span)
         try:
             given.update(context_carrier())  # the consumer continues from this span
             sent = await publish_encoded(type, payload, key=key, headers=given, message_id=message_id)
             span.set_attribute(MESSAGE_ID, sent)
         except BaseException as error:
-            context_api.detach(token)
+            restore(previous)
             end(span, destination, began, error)
             raise
-        context_api.detach(token)
+        restore(previous)
         end(span, destination, began, None)
         return sent
 
@@ -222,27 +223,24 @@ def instrument_worker(
         }
         parent = propagate.extract(dict(delivery.headers or {}))
         start = clock()
-        with tracer.start_as_current_span(
-            f"process {destination}",
-            context=parent,
-            kind=SpanKind.CONSUMER,
-            attributes=attributes,
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
-            processing = [span, delivery, "ok"]  # the outcome: settled() may change it
-            token = _processing.set(processing)
-            try:
-                await handle(delivery)
-            except BaseException as error:
-                processing[2] = outcome_of(error)
-                if processing[2] == "error":
-                    failed(span, error)
-                raise
-            finally:
-                _processing.reset(token)
-                span.set_attribute(OUTCOME, processing[2])
-                duration.record(clock() - start, {**counted, OPERATION: "process", OUTCOME: processing[2]})
+        span = tracer.start_span(f"process {destination}", context=parent, kind=SpanKind.CONSUMER, attributes=attributes)
+        previous = activate(span, parent)
+        processing = [span, delivery, "ok"]  # the outcome: settled() may change it
+        outer = _processing.get()
+        _processing.set(processing)  # restored by value, as the span (see activate)
+        try:
+            await handle(delivery)
+        except BaseException as error:
+            processing[2] = outcome_of(error)
+            if processing[2] == "error":
+                failed(span, error)
+            raise
+        finally:
+            _processing.set(outer)
+            restore(previous)
+            span.set_attribute(OUTCOME, processing[2])
+            span.end()
+            duration.record(clock() - start, {**counted, OPERATION: "process", OUTCOME: processing[2]})
 
     duration = instruments.duration
     worker._handle = traced_handle
