@@ -234,6 +234,24 @@ def _append_transaction(
     return version
 
 
+def _forget_transaction(conn: sqlite3.Connection, positions: Sequence[int], synchronous: str) -> None:
+    """Delete outbox rows in a commit that does not wait for the disk (WAL, NORMAL)."""
+    lazy = synchronous in ("FULL", "EXTRA")
+    if lazy:
+        conn.execute("PRAGMA synchronous = NORMAL")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany("DELETE FROM outbox WHERE position = ?", [(p,) for p in positions])
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+    finally:
+        if lazy:
+            conn.execute(f"PRAGMA synchronous = {synchronous}")
+
+
 class SQLiteEventStore(EventStore):
     """The ``sqlite:///path.db`` store.
 
@@ -343,12 +361,20 @@ class SQLiteEventStore(EventStore):
     ) -> int:
         check_stream(stream)
         check_expected(expected_version)
+        self._check_not_in_transaction()
         new = self._encode(events, metadata)
         await self._ready()
         async with self._lock:
             version = await self._write(_append_transaction, self._writer, stream, new, expected_version)
         self._committed()
         return version
+
+    async def _forget_deliveries(self, positions: Sequence[int]) -> None:
+        # published: if a power loss undoes this commit, they are only published again
+        self._check_not_in_transaction()
+        await self._ready()
+        async with self._lock:
+            await self._write(_forget_transaction, self._writer, positions, self.synchronous)
 
     # -- reading -------------------------------------------------------------------
 

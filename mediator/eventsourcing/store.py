@@ -56,6 +56,10 @@ The backend contract (what ``memory.py``, ``sqlite.py`` and ``postgres.py`` impl
    (``LISTEN/NOTIFY``) may do better. Spurious returns are fine.
 6. A backend may override ``append`` for speed if it keeps its exact semantics
    (validation, encoding by ``_encode``, one transaction, ``_committed()`` after commit).
+   It may override ``_forget_deliveries(positions)`` (take published positions out of the
+   outbox, one transaction) with a cheaper commit that need not survive a power loss: if
+   it is lost, those events are only published again (at least once). SQLite commits it
+   with ``synchronous=NORMAL``; PostgreSQL can use ``SET LOCAL synchronous_commit = off``.
 
 The PostgreSQL backend is ``mediator.eventsourcing.postgres.PostgresEventStore`` (imported
 only when a ``postgresql://`` or ``postgres://`` URL is opened), constructed as
@@ -68,6 +72,7 @@ import importlib
 import json
 import uuid
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from datetime import datetime, timezone
 from typing import (
     Any,
@@ -78,6 +83,7 @@ from typing import (
     NamedTuple,
     Optional,
     Sequence,
+    Set,
     Tuple,
 )
 
@@ -91,7 +97,8 @@ Row = Tuple[int, str, int, str, str, Any, Any, Any]
 """A stored event as a backend returns it: (position, stream, version, id, type, data,
 metadata, recorded_at); see the module docstring."""
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_WRITING: "ContextVar[Optional[EventStore]]" = ContextVar("mediator_eventsourcing_writing", default=None)
+"""The store whose transaction the current context is inside, if any."""
 
 
 class NewEvent(NamedTuple):
@@ -246,6 +253,7 @@ class EventStore(abc.ABC):
         self._closed = False
         self._open_lock: Optional[asyncio.Lock] = None
         self._commit_waiters: List["asyncio.Future[None]"] = []
+        self._publishing: Set[int] = set()  # outbox positions a Repository of this process is publishing
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -293,16 +301,36 @@ class EventStore(abc.ABC):
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
-        """One unit of work: committed when the block exits cleanly, else rolled back."""
+        """One unit of work: committed when the block exits cleanly, else rolled back.
+
+        Writers take turns, so code inside a transaction (and tasks or handlers it starts)
+        must not write to the store outside it (it would wait for the transaction that
+        waits for it): that is an ``EventStoreError``; write through the transaction.
+        """
+        self._check_not_in_transaction()
         await self._ready()
         tx = await self._begin()
+        token = _WRITING.set(self)
         try:
             yield tx
         except BaseException:
             await asyncio.shield(tx.rollback())
             raise
+        finally:
+            _WRITING.reset(token)
         await tx.commit()
         self._committed()
+
+    def _check_not_in_transaction(self) -> None:
+        """Refuse a write from inside one of this store's own transactions: by the task
+        that holds it, or one started (or handler run) from inside it, which the
+        transaction may be waiting for. Backends' ``append`` overrides call it too."""
+        if _WRITING.get() is self:
+            raise EventStoreError(
+                f"{self!r}: a write inside one of its own transactions would wait for that "
+                "transaction to end (a projection handler saving an aggregate?); write through the "
+                "transaction you hold (the injected `transaction`), or after it"
+            )
 
     async def append(
         self,
@@ -324,6 +352,11 @@ class EventStore(abc.ABC):
         async with self.transaction() as tx:
             version, _ = await tx.append(stream, new, expected_version)
         return version
+
+    async def _forget_deliveries(self, positions: Sequence[int]) -> None:
+        """Take published ``positions`` out of the outbox (see the module docstring, 6.)."""
+        async with self.transaction() as tx:
+            await tx.remove_deliveries(positions)
 
     def _encode(self, events: Iterable[Any], metadata: Optional[Dict[str, Any]]) -> List[NewEvent]:
         """The events as ``NewEvent``s (codec errors raised as they are, before any I/O)."""

@@ -201,6 +201,40 @@ def test_an_uninterrupted_save_publishes_each_event_once(store):
     run(main())
 
 
+def test_a_repository_does_not_republish_what_another_one_here_is_publishing(store):
+    """Repositories made per request: one's first get must not deliver the events another
+    repository of this process is still publishing (each event once when nothing fails)."""
+
+    async def main():
+        async with store:
+            entered, release = asyncio.Event(), asyncio.Event()
+            slow: List = []
+            slow_bus = LocalEventBus(sync_mode=True)
+
+            async def wait(event: Opened) -> None:
+                slow.append(event)
+                entered.set()
+                await release.wait()
+
+            slow_bus.register(wait)
+            account = Account(id="acc-4")
+            account.record(Opened("Ann"))
+            saving = asyncio.ensure_future(Repository(store, bus=slow_bus).save(account))
+            await entered.wait()  # committed, and being published
+            seen: List = []
+            other = Repository(store, bus=_recording_bus(seen))
+            assert (await other.get(Account, "acc-4")).owner == "Ann"
+            assert seen == []
+            release.set()
+            await saving
+            assert slow == [Opened("Ann")]
+            late: List = []
+            await Repository(store, bus=_recording_bus(late)).get(Account, "acc-4")
+            assert late == []  # delivered, and out of the outbox
+
+    run(main())
+
+
 def test_the_outbox_publishes_after_a_kill_between_commit_and_publish(durable_url, child_env):
     child = Child(child_env, "save_then_hang", durable_url, "acc-1")
     child.expect("publishing")  # committed; the first publish is under way
