@@ -56,13 +56,13 @@ def check_pure_wheel(out: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     check("mediator/_core_py.py" in names and not any(n.endswith((".so", ".pyd")) for n in names),
           "pure wheel holds the pure engine and no binary")
-    check(all(f"mediator/eventsourcing/{m}.py" in names for m in ("store", "sqlite", "memory", "aggregate")),
-          "pure wheel holds mediator.eventsourcing (the store, its SQLite and memory backends)")
-    check("mediator/opentelemetry/__init__.py" in names, "wheel carries mediator.opentelemetry (the extra's package)")
     sources = sorted(str(path.relative_to(ROOT)) for path in (ROOT / "mediator" / "transport").glob("*.py"))
     sources.append("mediator/worker.py")
     missing = [source for source in sources if source not in names]
     check(not missing, f"pure wheel holds mediator.transport and the worker CLI (missing: {missing or 'none'})")
+    check(all(f"mediator/eventsourcing/{m}.py" in names for m in ("store", "sqlite", "memory", "aggregate")),
+          "pure wheel holds mediator.eventsourcing (the store, its SQLite and memory backends)")
+    check("mediator/opentelemetry/__init__.py" in names, "wheel carries mediator.opentelemetry (the extra's package)")
     (metadata,) = (n for n in names if n.endswith(".dist-info/METADATA"))
     headers = zipfile.ZipFile(wheel).read(metadata).decode().split("\n\n", 1)[0].splitlines()
     check("License-Expression: MIT" in headers, "wheel metadata has the SPDX license expression MIT")

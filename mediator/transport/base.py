@@ -412,6 +412,9 @@ class Transport(abc.ABC):
     async def fetch(self, group: str, consumer: str, max_messages: int, timeout: float) -> List[Delivery]:
         """Claim up to ``max_messages`` messages for ``consumer``; wait up to ``timeout`` s.
 
+        (A backend reading several streams in one request may return up to
+        ``max_messages`` from each: the worker buffers them, and extends their claims.)
+
         Redeliveries that are due come first (see the module docstring), then new messages.
         Returns ``[]`` if nothing came within ``timeout``. Must return promptly (within
         ``timeout``) when the transport is closed, with ``[]`` or ``TransportClosedError``.

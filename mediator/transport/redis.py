@@ -367,7 +367,13 @@ class RedisTransport(Transport):
             type = _text(fields.get(b"t", b"?"))
             payload = json.dumps({_text(k): _text(v) for k, v in fields.items()}).encode()
         raw_headers = fields.get(b"h")
-        headers = json.loads(raw_headers) if raw_headers else {}
+        headers: Dict[str, str] = {}
+        if raw_headers:
+            try:
+                headers = json.loads(raw_headers)
+            except ValueError:  # not written by this transport: the payload may still decode
+                logger.warning("%r: message %s has headers that are not JSON: %r", self, message_id, raw_headers)
+                headers = {"invalid-headers": raw_headers.decode(errors="replace")}
         key = fields.get(b"k")
         return Delivery(group, message_id, type, payload, headers, None if key is None else _text(key), count, (stream, entry_id, consumer))
 

@@ -283,7 +283,7 @@ class Worker:
     # -- the fetch loop ------------------------------------------------------------------------
 
     async def _consume(self) -> None:
-        """Fetch ahead (one fetch at a time, up to ``concurrency`` messages waiting) and
+        """Fetch ahead (one fetch at a time, while fewer than ``concurrency`` wait) and
         start waiting messages while fewer than ``concurrency`` are being handled."""
         assert self._signal is not None
         loop = asyncio.get_running_loop()
@@ -322,7 +322,7 @@ class Worker:
                     continue
                 if (
                     fetching is None
-                    and len(ready) <= concurrency // 2
+                    and len(ready) < concurrency
                     and self._unacked < concurrency
                     and loop.time() >= fetch_at
                 ):

@@ -103,6 +103,36 @@ def test_publish_reaches_handler_with_headers_and_message_id(backend: Any, run: 
     run(main())
 
 
+def test_publish_many_stores_every_event_under_the_ids_it_returns(backend: Any, run: Any) -> None:
+    seen: Dict[str, Any] = {}
+    bus = LocalEventBus()
+
+    @bus.register
+    async def on_any(event: Tick, headers: Dict[str, str], message_id: str) -> None:
+        seen[message_id] = (event.n, headers.get("batch"))
+
+    @bus.register
+    async def on_tock(event: Tock, message_id: str) -> None:
+        seen[message_id] = ("tock", event.n)
+
+    async def main() -> None:
+        async with backend.connect() as transport:
+            async with Running(transport, bus, group="g"):
+                ids = await transport.publish_many([Tick(n) for n in range(1_200)], headers={"batch": "b1"})
+                mixed = await transport.publish_many_encoded(
+                    [("contract.Tock", b'{"n": 1}'), ("contract.Tick", b'{"n": -1}')], message_ids=["x1", "x2"]
+                )
+                assert await transport.publish_many([]) == []
+                with pytest.raises(ValueError, match="1 message ids for 2 messages"):
+                    await transport.publish_many_encoded([("contract.Tick", b"{}")] * 2, message_ids=["only"])
+                await wait_until(lambda: len(seen) == 1_202, what="every event of the batches")
+        assert len(set(ids)) == 1_200 and mixed == ["x1", "x2"]
+        assert [seen[message_id] for message_id in ids] == [(n, "b1") for n in range(1_200)]
+        assert seen["x1"] == ("tock", 1) and seen["x2"] == (-1, None)
+
+    run(main())
+
+
 def test_groups_fan_out_and_workers_of_a_group_compete(backend: Any, run: Any) -> None:
     handled: Dict[str, List[int]] = {"a1": [], "a2": [], "b": []}
 

@@ -132,12 +132,13 @@ def test_a_message_that_kills_its_workers_is_dead_lettered_after_max_deliveries(
         process = workers.start(url, "poison", *options)
         assert process.wait(30) == 3, f"delivery {attempt} kills the worker"
     survivor = workers.start(url, "poison", *options)
-    wait_for(lambda: "tick 2" in workers.lines(), 30, "the next message", [survivor])
 
     async def letters() -> List[Any]:
         async with connect(url) as transport:
             return [letter async for letter in transport.dead_letters("poison")]
 
+    wait_for(lambda: bool(asyncio.run(letters())), 30, "the dead letter", [survivor])
+    wait_for(lambda: "tick 2" in workers.lines(), 30, "the next message", [survivor])
     (letter,) = asyncio.run(letters())
     survivor.send_signal(signal.SIGTERM)
     assert survivor.wait(30) == 0
