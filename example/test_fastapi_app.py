@@ -9,7 +9,7 @@ import sys
 import pytest
 
 if platform.python_implementation() != "CPython":
-    # FastAPI needs pydantic 2, whose pydantic-core has no PyPy 3.9 wheel and builds only
+    # FastAPI needs pydantic 2: the pydantic-core it resolves to has no PyPy 3.9 wheel and builds only
     # with a Rust toolchain (the test extra installs fastapi on CPython only).
     pytest.importorskip("fastapi", reason="FastAPI (pydantic 2) does not install on this interpreter")
 
