@@ -38,6 +38,8 @@ TARGETS: Dict[str, Tuple[str, Tuple[Optional[float], ...]]] = {
     "publish_10": ("10 sequential awaits", (2.5, 4.0, 3.0)),
     "publish_10_suspending": ("asyncio.gather of the 10", (1.1, 1.3, 1.3)),
     "publish_background": ("10 tasks made by hand", (None, None, None)),
+    "request_traced": ("the same bus, not instrumented", (None, None, None)),
+    "publish_traced": ("the same bus, not instrumented", (None, None, None)),
 }
 ENGINES = ("compiled", "pure", "pypy")
 
@@ -88,6 +90,9 @@ def table(results: Dict[str, Dict[str, Any]]) -> List[str]:
         lines.append(f"| {name} | {baseline} | " + " | ".join(cells) + " |")
     events = " | ".join(f"{results[e]['publish_background']['events_per_s']:,.0f}" for e in engines)
     lines.append(f"| publish_background, events/s | — | {events} |")
+    for name in ("request_traced", "publish_traced"):
+        added = " | ".join(f"+{results[e][name]['added_us']:.1f} µs" for e in engines)
+        lines.append(f"| {name}, time added per dispatch | — | {added} |")
     register = []
     for engine in engines:
         target = {"compiled": 10.0, "pure": 15.0}.get(engine)

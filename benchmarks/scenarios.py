@@ -430,6 +430,68 @@ async def bench_memory(dispatches: int) -> Dict[str, float]:
     return {"rss_growth_mb": growth / 2**20, "dispatches": dispatches}
 
 
+# -- instrumented (mediator.opentelemetry) ----------------------------------------------
+
+
+def _instrumented(bus: Any) -> Any:
+    """``instrument(bus)`` with the SDK's providers: every span recorded and ended, then
+    dropped by a processor that exports nothing (the cost of the instrumentation and the
+    SDK, not of an exporter); metrics into an in-memory reader."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+
+    from mediator.opentelemetry import instrument
+
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SpanProcessor())
+    meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    instrument(bus, tracer_provider=tracer_provider, meter_provider=meter_provider)
+    return bus
+
+
+async def _traced_vs_plain(make: Callable[[], Any], subject: Any, n: int, rounds: int) -> Dict[str, float]:
+    plain, traced = make(), _instrumented(make())
+    dispatch_plain = plain.execute if isinstance(plain, LocalRequestBus) else plain.publish
+    dispatch_traced = traced.execute if isinstance(traced, LocalRequestBus) else traced.publish
+
+    async def without(k: int) -> None:
+        for _ in range(k):
+            await dispatch_plain(subject)
+
+    async def with_tracing(k: int) -> None:
+        for _ in range(k):
+            await dispatch_traced(subject)
+
+    result = await compare(without, with_tracing, n, rounds)
+    result["added_us"] = (result["scenario_ns"] - result["baseline_ns"]) / 1e3
+    return result
+
+
+async def bench_request_traced(n: int, rounds: int) -> Dict[str, float]:
+    """``execute`` on an instrumented bus (a span, a histogram record) vs the same bus plain."""
+
+    def make() -> LocalRequestBus:
+        bus = LocalRequestBus()
+        bus.register(handle)
+        return bus
+
+    return await _traced_vs_plain(make, Command(), n // 10, rounds)
+
+
+async def bench_publish_traced(n: int, rounds: int) -> Dict[str, float]:
+    """``publish`` (sync) to 1 handler on an instrumented bus (two spans: the publish and
+    the handler run) vs the same bus plain."""
+
+    def make() -> LocalEventBus:
+        bus = LocalEventBus(sync_mode=True)
+        for handler in _handlers(1, False):
+            bus.register(handler)
+        return bus
+
+    return await _traced_vs_plain(make, Event(), n // 10, rounds)
+
+
 SCENARIOS = {
     "request": bench_request,
     "request_attr": bench_request_attr,
@@ -444,6 +506,9 @@ SCENARIOS = {
     "publish_10": bench_publish_10,
     "publish_10_suspending": bench_publish_10_suspending,
     "publish_background": bench_publish_background,
+    # last: they import opentelemetry, which the others never do
+    "request_traced": bench_request_traced,
+    "publish_traced": bench_publish_traced,
 }
 
 

@@ -60,6 +60,13 @@ class _RouteStore(MappingHandlerStore):
         super().add(entry)
         self._dispatcher._route_set(entry.key, route)
 
+    def restack(self, modifiers: Sequence[ModifierFactory]) -> None:
+        entries = [entry.stack(modifiers) for entry in self]
+        routes = [compile_route(entry) for entry in entries]  # all or nothing: compile first
+        super().restack(modifiers)
+        for entry, route in zip(entries, routes):
+            self._dispatcher._route_set(entry.key, route)
+
 
 class LocalRequestBus(RequestDispatcher, HandlerRegistry, RequestExecutor, HandlerIntrospection):
     """Executes each request with its one handler, in the caller's task.

@@ -55,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--start", choices=("latest", "earliest"), default="latest", help="where a new group starts")
     parser.add_argument("--shutdown-timeout", type=float, default=30.0, help="seconds in-flight messages get at shutdown")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser.add_argument(
+        "--opentelemetry",
+        action="store_true",
+        help="trace and measure the worker and its bus (mediator.opentelemetry) with the global "
+        "OpenTelemetry providers, which MODULE sets up",
+    )
     return parser
 
 
@@ -73,6 +79,10 @@ async def _serve(bus: Any, args: argparse.Namespace) -> None:
             start=args.start,
             shutdown_timeout=args.shutdown_timeout,
         )
+        if args.opentelemetry:
+            from mediator.opentelemetry import instrument
+
+            instrument(worker)
         async with worker:
             logging.getLogger("mediator.transport").info(
                 "worker %s consuming group %r from %s", worker.consumer, args.group, args.url

@@ -62,6 +62,7 @@ def check_pure_wheel(out: Path) -> None:
     check(not missing, f"pure wheel holds mediator.transport and the worker CLI (missing: {missing or 'none'})")
     check(all(f"mediator/eventsourcing/{m}.py" in names for m in ("store", "sqlite", "memory", "aggregate")),
           "pure wheel holds mediator.eventsourcing (the store, its SQLite and memory backends)")
+    check("mediator/opentelemetry/__init__.py" in names, "wheel carries mediator.opentelemetry (the extra's package)")
     (metadata,) = (n for n in names if n.endswith(".dist-info/METADATA"))
     headers = zipfile.ZipFile(wheel).read(metadata).decode().split("\n\n", 1)[0].splitlines()
     check("License-Expression: MIT" in headers, "wheel metadata has the SPDX license expression MIT")

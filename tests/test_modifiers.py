@@ -914,3 +914,116 @@ def test_event_hook_before_refusing_is_reported_in_the_group():
     [error] = caught.value.exceptions
     assert isinstance(error, PermissionError)
     assert any("guarded" in note for note in error.__notes__)
+
+
+# --- add_modifiers: wrapping a bus after the fact ---------------------------------
+
+
+class Tag(ModifierFactory):
+    """Appends its name to the log around the call, outermost name first."""
+
+    def __init__(self, log, name):
+        self.log, self.name = log, name
+
+    def create(self, call, **kwargs):
+        async def layer(action):
+            self.log.append(self.name)
+            return await call(action)
+
+        return layer
+
+
+@pytest.mark.parametrize("polymorphic", [False, True])
+def test_add_modifiers_wraps_the_registered_handlers_and_the_later_ones_outermost(polymorphic):
+    log = []
+    bus = LocalRequestBus(modifiers=[Tag(log, "bus")], polymorphic=polymorphic)
+
+    @bus.register
+    async def first(subject: Subject):
+        log.append("first")
+        return subject.value
+
+    async def main():
+        assert await bus.execute(Subject(1)) == 1  # warms the polymorphic cache, if any
+        bus.add_modifiers(Tag(log, "outer"), Hook(before=lambda subject, inject: log.append("hook")))
+
+        @bus.register
+        async def second(subject: Boom):
+            log.append("second")
+
+        assert await bus.execute(Subject(2)) == 2
+        await bus.execute(Boom())
+
+    run(main())
+    assert log == ["bus", "first", "outer", "hook", "bus", "first", "outer", "hook", "bus", "second"]
+
+
+@pytest.mark.parametrize("polymorphic", [False, True])
+@pytest.mark.parametrize("strategy", ["sequential", "background"])
+def test_add_modifiers_on_an_event_bus_keeps_the_handlers_in_registration_order(polymorphic, strategy):
+    log = []
+    bus = LocalEventBus(polymorphic=polymorphic, strategy=strategy)
+    for name in ("a", "b"):
+
+        async def handler(event: Subject, name=name):
+            log.append(name)
+
+        bus.register(handler)
+
+    async def main():
+        await bus.publish(Subject())
+        await bus.drain()
+        bus.add_modifiers(Tag(log, "outer"))
+
+        @bus.register
+        async def c(event: Subject):
+            log.append("c")
+
+        await bus.publish(Subject())
+        await bus.drain()
+
+    run(main())
+    if strategy == "sequential":
+        assert log == ["a", "b", "outer", "a", "outer", "b", "outer", "c"]
+    else:
+        assert sorted(log) == sorted(["a", "b", "outer", "a", "outer", "b", "outer", "c"])
+    assert [len(handlers) for handlers in bus.registered().values()] == [3]
+
+
+def test_add_modifiers_on_a_registry_reaches_the_bus_that_includes_it():
+    from mediator.event import EventHandlerRegistry
+
+    log = []
+    registry = EventHandlerRegistry()
+
+    @registry.register
+    async def handler(event: Subject):
+        log.append("handler")
+
+    registry.add_modifiers(Tag(log, "registry"))
+    bus = LocalEventBus(strategy="sequential")
+    bus.include(registry)
+    run(bus.publish(Subject()))
+    assert log == ["registry", "handler"]
+
+
+def test_add_modifiers_refuses_what_is_not_a_modifier_and_changes_nothing():
+    log = []
+    bus = LocalRequestBus()
+
+    @bus.register
+    async def handler(subject: Subject):
+        log.append("handler")
+
+    with pytest.raises(TypeError, match="not a ModifierFactory"):
+        bus.add_modifiers(object())
+
+    class Broken(ModifierFactory):
+        def create(self, call, **kwargs):
+            return None  # not callable: refused when the route is compiled
+
+    with pytest.raises(TypeError, match="not callable"):
+        bus.add_modifiers(Broken())
+    bus.add_modifiers()  # nothing to add
+    run(bus.execute(Subject()))
+    assert log == ["handler"]

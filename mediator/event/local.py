@@ -48,6 +48,14 @@ class _GroupStore(CollectionHandlerStore):
         super().add(entry)
         self._dispatcher._group_add(entry.key, route)
 
+    def restack(self, modifiers: Sequence[ModifierFactory]) -> None:
+        entries = [entry.stack(modifiers) for entry in self]
+        routes = [compile_route(entry) for entry in entries]  # all or nothing: compile first
+        super().restack(modifiers)
+        self._dispatcher._registered.clear()  # the groups again, in registration order
+        for entry, route in zip(entries, routes):
+            self._dispatcher._group_add(entry.key, route)
+
 
 class CancelledRun(NamedTuple):
     """A background handler run that ``aclose`` cancelled at its timeout."""

@@ -72,3 +72,7 @@ class HandlerStore:
 
     def __iter__(self) -> Iterator[HandlerEntry]:
         raise NotImplementedError
+
+    def restack(self, modifiers: Sequence[ModifierFactory]) -> None:
+        """Put ``modifiers`` outside the modifiers of every entry held (``add_modifiers``)."""
+        raise NotImplementedError(f"{type(self).__qualname__} cannot take modifiers after the fact")

@@ -65,6 +65,26 @@ class HandlerRegistry(HandlerStore):
 
         return register if obj is None else register(obj)
 
+    def add_modifiers(self, *modifiers: ModifierFactory) -> None:
+        """Put ``modifiers`` outside every handler's stack, this registry's own modifiers
+        included: on the handlers registered already (a bus compiles their routes again)
+        and on those registered from now on. The first is the outermost.
+
+        This is how an integration wraps a bus it did not build
+        (``mediator.opentelemetry.instrument``); a bus that was never given any costs
+        nothing more per dispatch.
+        """
+        added = check_modifiers(modifiers, self)
+        if not added:
+            return
+        store = self._store
+        if isinstance(store, ModifierHandlerStore):
+            nested, own = store._nested, store._modifiers
+        else:
+            nested, own = store, ()
+        nested.restack(added)
+        self._store = ModifierHandlerStore(nested, added + own)
+
     def add(self, entry: HandlerEntry) -> None:
         self._store.add(entry)
 

@@ -31,6 +31,9 @@ class CollectionHandlerStore(HandlerStore):
     def __iter__(self) -> Iterator[HandlerEntry]:
         return iter(list(self._entries))
 
+    def restack(self, modifiers: Sequence[ModifierFactory]) -> None:
+        self._entries = [entry.stack(modifiers) for entry in self._entries]
+
 
 class MappingHandlerStore(HandlerStore):
     """Keeps one entry per key."""
@@ -56,6 +59,9 @@ class MappingHandlerStore(HandlerStore):
     def __iter__(self) -> Iterator[HandlerEntry]:
         return iter(list(self._map.values()))
 
+    def restack(self, modifiers: Sequence[ModifierFactory]) -> None:
+        self._map = {key: entry.stack(modifiers) for key, entry in self._map.items()}
+
     def get(self, key: Hashable) -> HandlerEntry:
         """The entry for ``key``; ``LookupHandlerStoreError`` if there is none."""
         entry = self._map.get(key)
@@ -80,6 +86,9 @@ class ModifierHandlerStore(HandlerStore):
 
     def __iter__(self) -> Iterator[HandlerEntry]:
         return iter(self._nested)
+
+    def restack(self, modifiers: Sequence[ModifierFactory]) -> None:
+        self._nested.restack(modifiers)
 
     @classmethod
     def wrap(cls, nested: HandlerStore, modifiers: Sequence[ModifierFactory]) -> HandlerStore:
