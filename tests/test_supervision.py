@@ -776,7 +776,7 @@ def test_handlers_see_the_publisher_context_and_their_sets_do_not_leak(strategy)
 
 @pytest.mark.xfail(
     strict=True,
-    reason="documented limitation (README, Publish strategies): an awaited handler's first step, up to its "
+    reason="documented limitation (docs/events.md, Publish strategies): an awaited handler's first step, up to its "
     "first suspension, runs in the publishing task; only handlers that suspend get a task of their own",
 )
 @pytest.mark.parametrize("strategy", ["concurrent", "sequential", "custom"])
