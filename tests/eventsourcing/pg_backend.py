@@ -82,14 +82,15 @@ def register(backends: List[str], durable: List[str], url_makers: Dict[str, Call
 
 
 def deselect_unavailable(config: Any, items: List[Any]) -> None:
-    """Deselect the ``[postgres]`` tests where the backend cannot run (not CPython)."""
+    """Deselect the ``[postgres]`` tests (and ``test_postgres.py``) where the backend cannot run (not CPython)."""
     if AVAILABLE:
         return
     keep, drop = [], []
     for item in items:
         callspec = getattr(item, "callspec", None)
         params = callspec.params.values() if callspec is not None else ()
-        (drop if "postgres" in params else keep).append(item)
+        postgres_only = Path(str(item.fspath)).name == "test_postgres.py"
+        (drop if postgres_only or "postgres" in params else keep).append(item)
     if drop:
         items[:] = keep
         config.hook.pytest_deselected(items=drop)
