@@ -6,14 +6,15 @@ PYPY ?= pypy3
 PYRIGHT ?= npx --yes pyright@1.1.414
 VENV := .venv
 PYPY_VENV := .venv-pypy
+DOCS_VENV := .venv-docs
 SOURCES := pyproject.toml setup.py mediator/_core.pyx mediator/_relay.h mediator/_call.h mediator/_method.h
 
-.PHONY: demo test test-compiled test-pure test-pypy test-typing test-versions check-packaging bench bench-peers bench-hooks clean
+.PHONY: demo test test-compiled test-pure test-pypy test-typing test-versions check-packaging docs bench bench-peers bench-hooks clean
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/python example/demo.py
 
-test: test-compiled test-pure test-pypy test-typing check-packaging
+test: test-compiled test-pure test-pypy test-typing check-packaging docs
 
 $(VENV)/.installed: $(SOURCES)
 	rm -f mediator/_core.*.so mediator/_core.*.pyd mediator/_core.c  # never test a stale build
@@ -54,11 +55,22 @@ test-versions:
 		.venv-$$version/bin/python -m pytest -q -p no:cacheprovider --engine=pure || exit 1; \
 	done
 
+# The documentation site, built strictly (a broken link or reference fails); its examples
+# are executed by tests/test_docs_examples.py in every test leg.
+$(DOCS_VENV)/.installed: docs/requirements.txt
+	$(PYTHON) -m venv $(DOCS_VENV)
+	$(DOCS_VENV)/bin/pip install -q -r docs/requirements.txt
+	touch $@
+
+docs: $(DOCS_VENV)/.installed
+	$(DOCS_VENV)/bin/python docs/chart.py
+	NO_MKDOCS_2_WARNING=1 $(DOCS_VENV)/bin/mkdocs build --strict --quiet --site-dir site
+
 check-packaging: $(VENV)/.installed
 	$(VENV)/bin/python scripts/check_packaging.py
 
 bench: $(VENV)/.installed $(PYPY_VENV)/.installed
-	$(VENV)/bin/python benchmarks/run.py --python $(VENV)/bin/python --pypy $(PYPY_VENV)/bin/python --repeat 3
+	$(VENV)/bin/python benchmarks/run.py --python $(VENV)/bin/python --pypy $(PYPY_VENV)/bin/python --repeat 3 --json benchmarks/results/bench.json
 
 bench-peers: $(VENV)/.installed
 	$(VENV)/bin/python benchmarks/peers.py --python $(VENV)/bin/python
@@ -68,4 +80,4 @@ bench-hooks: $(VENV)/.installed
 	$(VENV)/bin/python benchmarks/hook_designs.py --instructions
 
 clean:
-	rm -rf $(VENV) $(PYPY_VENV) build dist *.egg-info mediator/_core.c mediator/*.so
+	rm -rf $(VENV) $(PYPY_VENV) $(DOCS_VENV) site build dist *.egg-info mediator/_core.c mediator/*.so
