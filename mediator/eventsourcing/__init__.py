@@ -7,6 +7,7 @@ publishes their events on the bus after the commit (the store is the outbox);
 from a named checkpoint. Events are encoded by ``mediator.codec``.
 """
 
+from mediator.eventsourcing.aggregate import Aggregate, applies
 from mediator.codec import CodecError, DecodeError, EncodeError, UnknownTypeError
 from mediator.eventsourcing.errors import (
     AggregateNotFoundError,
@@ -16,9 +17,15 @@ from mediator.eventsourcing.errors import (
     StoreClosedError,
 )
 from mediator.eventsourcing.records import RecordedEvent
+from mediator.eventsourcing.repository import Repository
 from mediator.eventsourcing.store import EventStore, Transaction, open_store
+from mediator.eventsourcing.subscription import Subscription
 
 __all__ = [
+    "Aggregate",
+    "applies",
+    "Repository",
+    "Subscription",
     "open_store",
     "EventStore",
     "Transaction",

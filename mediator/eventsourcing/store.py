@@ -411,6 +411,38 @@ class EventStore(abc.ABC):
                 return
             await self._wait_for_commit(after)
 
+    async def _load_events(self, stream: str, after: int, to_version: Optional[int]) -> List[Any]:
+        """The decoded events of ``stream`` (the aggregate load path: no records built)."""
+        await self._ready()
+        decode = self.codec.decode
+        events: List[Any] = []
+        size = self.batch_size * 20
+        while True:
+            rows = await self._read_stream(stream, after, to_version, size)
+            events += [decode(row[4], row[5]) for row in rows]
+            if len(rows) < size:
+                return events
+            after = rows[-1][2]
+
+    async def _load_positions(self, positions: Sequence[int]) -> Tuple[List[Any], List[int]]:
+        """The decoded events at ``positions`` (ascending) and the positions found."""
+        await self._ready()
+        wanted = set(positions)
+        decode = self.codec.decode
+        events: List[Any] = []
+        found: List[int] = []
+        after, last = positions[0] - 1, positions[-1]
+        while after < last:
+            rows = await self._read_all(after, min(self.batch_size, last - after))
+            if not rows:
+                break
+            for row in rows:
+                if row[0] in wanted:
+                    events.append(decode(row[4], row[5]))
+                    found.append(row[0])
+            after = rows[-1][0]
+        return events, found
+
     def _record(self, row: Row) -> RecordedEvent:
         position, stream, version, id, type_string, data, metadata, recorded_at = row
         if metadata is None:
