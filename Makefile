@@ -9,7 +9,7 @@ PYPY_VENV := .venv-pypy
 DOCS_VENV := .venv-docs
 SOURCES := pyproject.toml setup.py mediator/_core.pyx mediator/_relay.h mediator/_call.h mediator/_method.h
 
-.PHONY: demo test test-compiled test-pure test-pypy test-typing test-versions check-packaging docs bench bench-peers bench-hooks clean
+.PHONY: demo test test-compiled test-pure test-pypy test-typing test-versions check-packaging docs bench bench-peers bench-hooks bench-store clean
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/python example/demo.py
@@ -74,6 +74,12 @@ bench: $(VENV)/.installed $(PYPY_VENV)/.installed
 
 bench-peers: $(VENV)/.installed
 	$(VENV)/bin/python benchmarks/peers.py --python $(VENV)/bin/python
+
+# The event store against eventsourcing 9.5.6 and raw driver loops, on SQLite and the local
+# PostgreSQL (MEDIATOR_BENCH_POSTGRES, default postgresql://postgres@127.0.0.1:5432/postgres).
+bench-store: $(VENV)/.installed
+	$(VENV)/bin/pip install -q -r benchmarks/requirements-store.txt
+	$(VENV)/bin/python benchmarks/store.py --rounds 3
 
 # The pure engine's hooked path against the least each dispatch design can cost (needs valgrind).
 bench-hooks: $(VENV)/.installed

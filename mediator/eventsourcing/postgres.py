@@ -142,6 +142,12 @@ WHERE stream = $1 AND version > $2 AND version <= coalesce($3::integer, 21474836
 ORDER BY version LIMIT $4
 """
 
+LOAD_STREAM = """
+SELECT type, data FROM mediator_events
+WHERE stream = $1 AND version > $2 AND version <= coalesce($3::integer, 2147483647)
+ORDER BY version
+"""
+
 READ_ALL = f"SELECT {COLUMNS} FROM mediator_events WHERE position > $1 ORDER BY position LIMIT $2"
 
 SCHEMA_LOCK = "SELECT pg_advisory_xact_lock(hashtext('mediator.eventsourcing schema'))"
@@ -439,6 +445,13 @@ class PostgresEventStore(EventStore):
 
     async def _read_stream(self, stream: str, after: int, to_version: Optional[int], limit: int) -> List[Row]:
         return await self._pool.fetch(READ_STREAM, stream, after, to_version, limit)  # type: ignore[no-any-return]
+
+    async def _load_events(self, stream: str, after: int, to_version: Optional[int]) -> List[Any]:
+        """The decoded events of ``stream`` (an aggregate's load: two columns, one query)."""
+        if not self._opened or self._closed:
+            await self._ready()
+        decode = self.codec.decode
+        return [decode(type_string, data) for type_string, data in await self._pool.fetch(LOAD_STREAM, stream, after, to_version)]
 
     async def _read_all(self, after: int, limit: Optional[int]) -> List[Row]:
         return await self._pool.fetch(READ_ALL, after, limit)  # type: ignore[no-any-return]
