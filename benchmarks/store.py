@@ -9,9 +9,12 @@ run, dropped at its end). Subjects:
 
 - ``raw``: the floor: ``sqlite3`` / ``asyncpg`` writing the same rows to a table of the
   same shape, in the least work a driver loop can do (one prepared ``INSERT`` per
-  transaction; 100 rows as one ``executemany`` / one ``unnest`` statement), events encoded
-  by ``msgspec``; reading: the rows fetched in one query, each payload decoded by msgspec
-  into the event class.
+  transaction, autocommit on PostgreSQL; 100 rows as one ``executemany`` / one ``unnest``
+  statement; ids by ``uuid4()`` on SQLite, ``gen_random_uuid()`` on PostgreSQL, as the
+  store makes them), events encoded by ``msgspec``, positions and versions known to the
+  loop (no version check, no lock); reading: the rows fetched in one query (``type, data``
+  for a load, every column for the log), each payload decoded by msgspec into the event
+  class.
 - ``mediator``: this store, ``store.append(...)``; ``Repository.get``; ``store.subscribe``.
   ``mediator (Repository.save)`` appends through an aggregate and ``Repository.save``.
 - ``eventsourcing``: 9.5.6's ``Application``: ``app.save(aggregate)`` after triggering the
@@ -162,11 +165,13 @@ CREATE TABLE IF NOT EXISTS raw_events (
     type text NOT NULL, data bytea NOT NULL, metadata jsonb, recorded_at timestamptz NOT NULL DEFAULT now(),
     UNIQUE (stream, version))
 """
-RAW_PG_INSERT_1 = "INSERT INTO raw_events (position, stream, version, id, type, data) VALUES ($1, $2, $3, $4, $5, $6)"
+RAW_PG_INSERT_1 = (
+    "INSERT INTO raw_events (position, stream, version, id, type, data) VALUES ($1, $2, $3, gen_random_uuid(), $4, $5)"
+)
 RAW_PG_INSERT_N = """
 INSERT INTO raw_events (position, stream, version, id, type, data)
-SELECT $1::bigint + e.n, $2, $3::integer + e.n::integer, e.i, $4, e.d
-FROM unnest($5::uuid[], $6::bytea[]) WITH ORDINALITY AS e(i, d, n)
+SELECT $1::bigint + e.n, $2, $3::integer + e.n::integer, gen_random_uuid(), $4, e.d
+FROM unnest($5::bytea[]) WITH ORDINALITY AS e(d, n)
 """
 RAW_PG_SELECT = "SELECT position, stream, version, id::text, type, data, metadata::text, recorded_at FROM raw_events"
 
@@ -190,12 +195,9 @@ class RawAsyncpg:
         version = self.versions.get(stream, 0)
         encode = self.encode
         if len(events) == 1:
-            await self.insert_1.fetch(
-                self.position + 1, stream, version + 1, str(uuid.uuid4()), RAW_TYPE, encode(events[0])
-            )
+            await self.insert_1.fetch(self.position + 1, stream, version + 1, RAW_TYPE, encode(events[0]))
         else:
-            ids = [str(uuid.uuid4()) for _ in events]
-            await self.insert_n.fetch(self.position, stream, version, RAW_TYPE, ids, [encode(e) for e in events])
+            await self.insert_n.fetch(self.position, stream, version, RAW_TYPE, [encode(e) for e in events])
         self.position += len(events)
         self.versions[stream] = version + len(events)
 

@@ -28,7 +28,7 @@ so a lost notification (a dropped listener connection) costs latency, never an e
 
 import asyncio
 import json
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import asyncpg
 
@@ -43,6 +43,7 @@ from mediator.eventsourcing.store import (
     check_expected,
     check_name,
     check_stream,
+    encode_metadata,
     encode_value,
 )
 
@@ -96,18 +97,16 @@ APPEND = """
 WITH cur AS (
     SELECT coalesce(max(version), 0) AS v FROM mediator_events WHERE stream = $1
 ), head AS (
-    UPDATE mediator_head SET position = position + cardinality($3::uuid[])
+    UPDATE mediator_head SET position = position + cardinality($3::text[])
     FROM cur WHERE id = 1 AND ($2::integer IS NULL OR cur.v = $2::integer)
-    RETURNING position - cardinality($3::uuid[]) AS base, cur.v AS v
+    RETURNING position - cardinality($3::text[]) AS base, cur.v AS v
 ), ins AS (
     INSERT INTO mediator_events (position, stream, version, id, type, data, metadata)
-    SELECT head.base + e.n, $1, head.v + e.n::integer, e.i, e.t, e.d, e.m
-    FROM head, unnest($3::uuid[], $4::text[], $5::bytea[], $6::jsonb[])
-        WITH ORDINALITY AS e(i, t, d, m, n)
-    RETURNING position
+    SELECT head.base + e.n, $1, head.v + e.n::integer, gen_random_uuid(), e.t, e.d, $5::jsonb
+    FROM head, unnest($3::text[], $4::bytea[]) WITH ORDINALITY AS e(t, d, n)
+    RETURNING 1
 )
-SELECT cur.v, (SELECT array_agg(position ORDER BY position) FROM ins),
-       (SELECT pg_notify('""" + CHANNEL + """', '') FROM head)
+SELECT cur.v, (SELECT count(*) FROM ins), (SELECT pg_notify('""" + CHANNEL + """', '') FROM head)
 FROM cur
 """
 
@@ -170,19 +169,20 @@ class _PostgresTransaction(Transaction):
         self.store = store
         self._connection = connection
         self._transaction = transaction
-        self._taken = 0  # positions taken from the head row by this transaction
-        self._unused = 0  # of which no event was inserted at (a failed version check)
+        self._exposed = False  # whether user code got the connection or ran its own SQL
         self._done = False
 
     @property
     def connection(self) -> Any:
         """The asyncpg ``Connection`` this transaction runs on (use ``$1``-style SQL)."""
+        self._exposed = True
         return self._connection
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> List[Tuple[Any, ...]]:
         """Run one SQL statement (PostgreSQL, ``$1`` parameters) in this transaction."""
         if not isinstance(sql, str):
             raise TypeError(f"sql must be a str, got {sql!r}")
+        self._exposed = True
         return [tuple(row) for row in await self._connection.fetch(sql, *params)]
 
     async def append(
@@ -207,7 +207,6 @@ class _PostgresTransaction(Transaction):
             # no hole (holes are harmless, but positions stay dense this way).
             await connection.execute(RELEASE_POSITIONS, count)
             raise ConcurrencyError(stream, expected_version, current)
-        self._taken += count
         return current + count, list(range(base + 1, base + count + 1))
 
     async def checkpoint(self, name: str) -> int:
@@ -314,6 +313,11 @@ class _PostgresTransaction(Transaction):
         if connection is not None:
             if failed:
                 connection.terminate()  # a connection in an unknown state goes back closed
+            elif self._exposed:
+                try:  # what user SQL may have left (SET, LISTEN, session locks, cursors)
+                    await connection.reset()
+                except Exception:
+                    connection.terminate()
             await self.store._pool.release(connection)
 
 
@@ -361,7 +365,11 @@ class PostgresEventStore(EventStore):
     async def _open(self) -> None:
         try:
             self._pool = await asyncpg.create_pool(
-                self.url, min_size=1, max_size=self._pool_size, timeout=self._connect_timeout
+                self.url,
+                min_size=1,
+                max_size=self._pool_size,
+                timeout=self._connect_timeout,
+                reset=_no_reset,
             )
         except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as error:
             raise EventStoreError(f"cannot connect to PostgreSQL at {_redact(self.url)}: {error}") from error
@@ -408,25 +416,31 @@ class PostgresEventStore(EventStore):
     async def append(
         self,
         stream: str,
-        events: Any,
+        events: Iterable[Any],
         *,
         expected_version: Optional[int],
-        metadata: Optional[dict] = None,
+        metadata: Optional[Dict[str, Any]] = None,
     ) -> int:
-        """As ``EventStore.append``, in one statement (one round trip, its own transaction)."""
+        """As ``EventStore.append``, in one statement (one round trip, its own transaction;
+        the events' ids are made by the server, ``gen_random_uuid()``)."""
         check_stream(stream)
         check_expected(expected_version)
-        new = self._encode(events, metadata)
-        if not new:
-            return await EventStore.append(self, stream, new, expected_version=expected_version)
+        if isinstance(events, (str, bytes)) or not isinstance(events, Iterable):
+            raise TypeError(f"events must be an iterable of event objects, got {events!r}")
+        meta = encode_metadata(metadata)
+        encode = self.codec.encode
+        types, datas = [], []
+        for event in events:
+            type_string, data = encode(event)
+            types.append(type_string)
+            datas.append(data)
+        if not types:
+            return await EventStore.append(self, stream, (), expected_version=expected_version)
         if not self._opened or self._closed:
             await self._ready()
-        ids, types, datas, metas = _columns(new)
         while True:
             try:
-                current, positions, _ = await self._pool.fetchrow(
-                    APPEND, stream, expected_version, ids, types, datas, metas
-                )
+                current, inserted, _ = await self._pool.fetchrow(APPEND, stream, expected_version, types, datas, meta)
             except asyncpg.UniqueViolationError:
                 # A concurrent append committed after this statement's snapshot was taken:
                 # with no expected version, try again on a fresh snapshot.
@@ -434,12 +448,12 @@ class PostgresEventStore(EventStore):
                     continue
                 raise ConcurrencyError(stream, expected_version, await self._version(stream)) from None
             break
-        if positions is None:
+        if not inserted:
             # The check failed; report the version as it is now (the statement's snapshot
             # may predate a concurrent commit).
             raise ConcurrencyError(stream, expected_version, await self._version(stream))
         self._committed()
-        return current + len(positions)
+        return current + inserted  # type: ignore[no-any-return]
 
     # -- reading -------------------------------------------------------------------
 
@@ -464,6 +478,12 @@ class PostgresEventStore(EventStore):
             "SELECT stream, version, type, data FROM mediator_snapshots WHERE stream = $1", stream
         )
         return None if row is None else Snapshot(*row)
+
+
+async def _no_reset(connection: Any) -> None:
+    """The pool's reset of a released connection: nothing. asyncpg's default sends a reset
+    query (one more round trip per operation); the store's own statements leave no session
+    state, and a transaction whose connection user code touched resets it before release."""
 
 
 def _redact(url: str) -> str:
