@@ -416,6 +416,48 @@ async def measure(subjects: List[Subject], rounds: int) -> Result:
     return results
 
 
+CONCURRENT_WRITERS, CONCURRENT_EACH = 8, 250
+
+
+async def measure_concurrent(pg_url: str, rounds: int, results: Result) -> None:
+    """The cost of the commit order on PostgreSQL: 8 writers appending 1 event per
+    transaction at once, each to its own stream. ``raw`` inserts into a ``bigserial`` table
+    (no order: a tailing reader would skip events); this store serializes its appends'
+    commits on the head row (a reader never skips)."""
+    conn = await asyncpg.connect(pg_url)
+    await conn.execute(
+        "CREATE TABLE IF NOT EXISTS raw_serial (position bigserial PRIMARY KEY, stream text NOT NULL, "
+        "version integer NOT NULL, id uuid NOT NULL, type text NOT NULL, data bytea NOT NULL, metadata jsonb, "
+        "recorded_at timestamptz NOT NULL DEFAULT now(), UNIQUE (stream, version))"
+    )
+    await conn.close()
+    raws = [await asyncpg.connect(pg_url) for _ in range(CONCURRENT_WRITERS)]
+    store = open_store(pg_url, pool_size=CONCURRENT_WRITERS)
+    await store.open()
+    encode = msgspec.json.Encoder().encode
+    insert = "INSERT INTO raw_serial (stream, version, id, type, data) VALUES ($1, $2, gen_random_uuid(), $3, $4)"
+
+    async def raw_writer(conn: Any, stream: str) -> None:
+        for n in range(CONCURRENT_EACH):
+            await conn.execute(insert, stream, n + 1, RAW_TYPE, encode(event(n)))
+
+    async def our_writer(stream: str) -> None:
+        for n in range(CONCURRENT_EACH):
+            await store.append(stream, [event(n)], expected_version=n)
+
+    total = CONCURRENT_WRITERS * CONCURRENT_EACH
+    for _ in range(rounds):
+        start = time.perf_counter()
+        await asyncio.gather(*(raw_writer(c, f"c-{uuid.uuid4()}") for c in raws))
+        note(results, "postgresql", "append_1 x8 writers", "raw", total, time.perf_counter() - start)
+        start = time.perf_counter()
+        await asyncio.gather(*(our_writer(f"c-{uuid.uuid4()}") for _ in range(CONCURRENT_WRITERS)))
+        note(results, "postgresql", "append_1 x8 writers", "mediator", total, time.perf_counter() - start)
+    for c in raws:
+        await c.close()
+    await store.close()
+
+
 # -- the run -----------------------------------------------------------------------------
 
 
@@ -478,7 +520,10 @@ def run(admin_url: str, rounds: int, which: Tuple[str, ...]) -> Result:
     try:
         if "mediator" in which:
             asyncio.run(make_schema(pg_url, "repo"))
-        return asyncio.run(measure(subjects, rounds))
+        results = asyncio.run(measure(subjects, rounds))
+        if "raw" in which and "mediator" in which:
+            asyncio.run(measure_concurrent(pg_url, rounds, results))
+        return results
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         asyncio.run(make_database(admin_url, database, drop=True))
@@ -524,6 +569,12 @@ def table(results: Result) -> str:
             lines.append(
                 f"| {backend} | {scenario} | {fmt(raw)} | {fmt(ours)} | {fmt(repo)} | {fmt(es)} | {vs_raw} | {vs_es} |"
             )
+    cell = results.get("postgresql", {}).get("append_1 x8 writers")
+    if cell and "raw" in cell and "mediator" in cell:
+        lines.append(
+            f"| postgresql | append_1, 8 writers at once | {cell['raw'] / 1e3:.1f}k/s (bigserial, unordered) | "
+            f"{cell['mediator'] / 1e3:.1f}k/s | - | - | {cell['raw'] / cell['mediator']:.2f}x (the cost of commit order) | - |"
+        )
     return "\n".join(lines)
 
 
