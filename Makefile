@@ -79,7 +79,7 @@ bench-peers: $(VENV)/.installed
 # PostgreSQL (MEDIATOR_BENCH_POSTGRES, default postgresql://postgres@127.0.0.1:5432/postgres).
 bench-store: $(VENV)/.installed
 	$(VENV)/bin/pip install -q -r benchmarks/requirements-store.txt
-	$(VENV)/bin/python benchmarks/store.py --rounds 3
+	$(VENV)/bin/python benchmarks/store.py --rounds 5
 
 # The pure engine's hooked path against the least each dispatch design can cost (needs valgrind).
 bench-hooks: $(VENV)/.installed
