@@ -1,5 +1,5 @@
 # The two commands of the README:
-#   make demo   set up a virtualenv (compiled engine) and run the main demo
+#   make demo   set up a virtualenv (compiled engine) and run the demos (the bus; event sourcing on SQLite)
 #   make test   every test: compiled engine, pure engine, PyPy, typing (mypy, pyright), packaging
 PYTHON ?= python3
 PYPY ?= pypy3
@@ -13,6 +13,7 @@ SOURCES := pyproject.toml setup.py mediator/_core.pyx mediator/_relay.h mediator
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/python example/demo.py
+	$(VENV)/bin/python example/eventsourcing_demo.py
 
 test: test-compiled test-pure test-pypy test-typing check-packaging docs
 

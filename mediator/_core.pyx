@@ -16,6 +16,7 @@ import logging
 
 from mediator import _signatures
 from mediator._compat import add_note, resume_in_task
+from mediator._safe import HandlerIdentity, SafeRepr, safe_repr
 from mediator.errors import handler_errors
 
 __all__ = [
@@ -202,7 +203,7 @@ cdef class Invoker:
 
     def __init__(self, fn, subject_name=None, arg_map=None, allow_args=None, subject_param=None, kind="async"):
         if kind not in _KINDS:
-            raise ValueError(f"Invoker kind must be one of {', '.join(_KINDS)}, got {kind!r}")
+            raise ValueError(f"Invoker kind must be one of {', '.join(_KINDS)}, got {safe_repr(kind)}")
         self.fn = fn
         self.kind = kind
         self._kind = _KINDS.index(kind)
@@ -542,7 +543,7 @@ cdef object _unwrap_result(object route, object action, object result):
     global _spare_action, _spare_result
     if not isinstance(result, ActionResult):
         raise TypeError(
-            f"the modifier stack of {(<PipelineRoute>route).handler!r} returned {result!r}: "
+            f"the modifier stack of {safe_repr((<PipelineRoute>route).handler)} returned {safe_repr(result)}: "
             f"a modifier must return an ActionResult"
         )
     value = (<ActionResult>result).result
@@ -559,13 +560,14 @@ cdef object _unwrap_result(object route, object action, object result):
 
 def _not_an_action(handler, given):
     return TypeError(
-        f"the innermost call of the modifier stack of {handler!r} takes an ActionSubject, not {given!r}"
+        f"the innermost call of the modifier stack of {safe_repr(handler)} takes an ActionSubject, "
+        f"not {safe_repr(given)}"
     )
 
 
 def _not_awaitable(route, returned):
     return TypeError(
-        f"the modifier stack of {route.handler!r} returned {returned!r}: "
+        f"the modifier stack of {safe_repr(route.handler)} returned {safe_repr(returned)}: "
         f"a modifier layer must return an awaitable of an ActionResult (is it an async def?)"
     )
 
@@ -603,7 +605,7 @@ async def _raise(error):
 
 
 def _stream_misuse(route, obj):
-    return TypeError(f"{route.handler!r} answers {type(obj).__name__} with a stream: use bus.stream(request)")
+    return TypeError(f"{safe_repr(route.handler)} answers {type(obj).__name__} with a stream: use bus.stream(request)")
 
 
 @cython.final
@@ -709,7 +711,7 @@ cdef class RequestDispatcher:
         return None
 
     def _missing(self, obj):
-        return LookupError(f"no handler for {type(obj)!r}")
+        return LookupError(f"no handler for {safe_repr(type(obj))}")
 
 
 cdef dict _kwargs(PyObject **values, PyObject *kwnames):
@@ -896,7 +898,7 @@ cdef class EventDispatcher:
         for base in cls.__mro__:
             added = []
             for route in self._registered.get(base, ()):
-                identity = _identity(route.handler)
+                identity = HandlerIdentity(route.handler)
                 if identity not in seen:
                     added.append(identity)
                     routes.append(route)
@@ -961,7 +963,7 @@ cdef class EventDispatcher:
                     task = create_task((<_BaseRoute>route)._direct(obj))
                 else:
                     task = create_task((<_BaseRoute>route)._invoke(obj, dict(inject)))
-            except Exception as error:
+            except (Exception, asyncio.CancelledError) as error:  # a sync handler's own cancellation: reported
                 self._handler_failed(error, obj, route)
                 continue
             self._tasks[task] = (obj, route)
@@ -1032,7 +1034,7 @@ cdef class EventDispatcher:
                 self._on_error(error, obj, route.handler)
                 return
             except Exception as hook_error:
-                logger.error("the on_error hook failed on %r", obj, exc_info=hook_error)
+                logger.error("the on_error hook failed on %r", SafeRepr(obj), exc_info=hook_error)
         log_handler_error(error, obj, route.handler)
 
     def _strategy_for(self, value):
@@ -1042,7 +1044,7 @@ cdef class EventDispatcher:
         raise TypeError(f"custom strategies are not supported by {type(self).__name__}")
 
     def _closed_error(self, obj):
-        return RuntimeError(f"{type(self).__name__} is closed: cannot publish {obj!r}")
+        return RuntimeError(f"{type(self).__name__} is closed: cannot publish {safe_repr(obj)}")
 
 
 cdef object _publish(object self, PyObject **args, Py_ssize_t nargs, PyObject *kwnames):
@@ -1128,19 +1130,14 @@ cdef object _published(object owner, object subject, object value):
 mediator_install_method(EventDispatcher, <void *>_publish, _signatures.EventDispatcher.publish)
 
 
-def _identity(handler):
-    """What makes two registrations the same handler: the function (or bound method) called."""
-    fn = getattr(handler, "fn", handler)
-    try:
-        hash(fn)
-    except TypeError:
-        return id(fn)
-    return fn
-
-
 def log_handler_error(error, event, handler):
     """The default error hook: log the failure with its traceback on the ``mediator`` logger."""
-    logger.error("event handler %r failed on %r", handler, event, exc_info=(type(error), error, error.__traceback__))
+    logger.error(
+        "event handler %r failed on %r",
+        SafeRepr(handler),
+        SafeRepr(event),
+        exc_info=(type(error), error, error.__traceback__),
+    )
 
 
 cdef object _outcome(task, set bus_cancelled):
@@ -1188,7 +1185,7 @@ cdef list _failed(EventDispatcher dispatcher, list errors, error, obj, route):
     if not isinstance(error, Exception):
         dispatcher._handler_failed(error, obj, route)
         return errors
-    add_note(error, f"raised by event handler {route.handler!r} for {obj!r}")
+    add_note(error, f"raised by event handler {safe_repr(route.handler)} for {safe_repr(obj)}")
     if errors is None:
         errors = []
     errors.append((error, route))

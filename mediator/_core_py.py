@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 from mediator._compat import add_note, mark_coroutine_function, resume_in_task
 from mediator._hook_runner import hook_runner
+from mediator._safe import HandlerIdentity, SafeRepr, safe_repr
 from mediator.errors import handler_errors
 
 __all__ = [
@@ -100,7 +101,7 @@ class Invoker:
         kind: str = "async",
     ) -> None:
         if kind not in _KINDS:
-            raise ValueError(f"Invoker kind must be one of {', '.join(_KINDS)}, got {kind!r}")
+            raise ValueError(f"Invoker kind must be one of {', '.join(_KINDS)}, got {safe_repr(kind)}")
         self.fn = fn
         self.kind = kind
         self.subject_name = subject_name or None
@@ -236,7 +237,8 @@ class Route:
         # running the hooks around it, straight-line where there is no error stage to unwind.
         self._run: Optional[Callable[[Any, Dict[str, Any]], Any]] = invoker
         if hooked and self._errors:
-            self._run = self._run_unwinding
+            # named after the handler, as its coroutine is (a "never awaited" warning says so)
+            self._run = MethodType(_named(Route._run_unwinding, _name_of(invoker.fn)), self)
         elif hooked:
             subject_only = simple and invoker._mode == _DROP  # the handler takes fn(subject)
             self._run = hook_runner(
@@ -304,22 +306,41 @@ class Route:
         self._unwind(depth, subject, failure)  # the layers outside it see the error
 
     def _unwind(self, depth: int, subject: Any, error: Exception) -> None:
-        """Run the error stages of layers ``depth-1 .. 0`` and raise the outcome."""
+        """Run the error stages of layers ``depth-1 .. 0`` and raise the outcome.
+
+        Each stage runs while the error it is given is the one being handled, as in the
+        ``except`` block of a ``try`` written by hand: what it raises has that error for
+        its ``__context__`` (not the first error, nor one the awaiting code was handling).
+        """
         for hook in reversed(self._errors[:depth]):
             if hook is None:
                 continue
+            traceback, context = error.__traceback__, error.__context__
             try:
-                hook(subject, error)
+                try:
+                    raise error
+                except Exception:  # raised only to be the one handled: it is left as it was
+                    error.__traceback__, error.__context__ = traceback, context
+                    hook(subject, error)
             except Exception as raised:
-                if raised is not error and raised.__context__ is None:
-                    raised.__context__ = error
                 error = raised
-        raise error
+        context = error.__context__
+        try:
+            raise error
+        finally:  # raised where another error is handled: its own context stays
+            error.__context__ = context
 
 
 def _name_of(fn: Any) -> str:
     """What a coroutine of ``fn`` is called: its qualified name."""
     return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
+
+
+def _named(function: Any, name: str) -> Any:
+    """A copy of the coroutine function ``function`` whose coroutines are called ``name``."""
+    copy = FunctionType(function.__code__, function.__globals__, str(name), function.__defaults__, function.__closure__)
+    copy.__qualname__ = str(name)
+    return copy
 
 
 def _next_positional(fn: Any) -> Optional[str]:
@@ -344,7 +365,7 @@ def _check_layers(*stages: Tuple[Any, ...]) -> None:
 class PipelineRoute:
     """A registered handler behind a ``ModifierFactory`` stack (the general path)."""
 
-    __slots__ = ("handler", "pipeline", "_stream", "_inline", "_direct", "_pipeline", "_run")
+    __slots__ = ("handler", "pipeline", "_stream", "_inline", "_direct", "_pipeline", "_run", "_unwrap")
     _ignores_inject = False
     _kw_names = None
     _kw_all = False
@@ -361,25 +382,30 @@ class PipelineRoute:
         # execute runs the stack itself, as invoke would (a stream's it refuses: see execute)
         self._pipeline = None if self._stream else pipeline
         self._inline = getattr(handler, "kind", None) == "sync"
+        # The dispatch's coroutine, named after the handler as a Route's is.
+        self._unwrap = _named(_unwrap, _name_of(getattr(handler, "fn", handler)))
 
     def invoke(self, subject: Any, inject: Dict[str, Any]) -> Any:
         """Run the stack; returns a coroutine of the unwrapped result."""
         action = _new(ActionSubject)
         action.subject = subject
         action.inject = inject
-        return _unwrap(self, self.pipeline(action))
+        unwrap = self._unwrap  # read as a value: see execute
+        return unwrap(self, self.pipeline, action)
 
 
-async def _unwrap(route: PipelineRoute, awaitable: Any) -> Any:
+async def _unwrap(route: PipelineRoute, pipeline: Callable[[ActionSubject], Any], action: ActionSubject) -> Any:
+    """The stack's call, once awaited, as any of a dispatch: its result unwrapped."""
+    awaitable = pipeline(action)
     try:
         result = await awaitable
     except TypeError:
         if not hasattr(type(awaitable), "__await__"):  # the stack's own return, not a handler's error
             raise _not_awaitable(route, awaitable) from None
         raise
-    if not isinstance(result, ActionResult):
+    if type(result) is not ActionResult and not isinstance(result, ActionResult):  # type(): the cheaper call
         raise TypeError(
-            f"the modifier stack of {route.handler!r} returned {result!r}: "
+            f"the modifier stack of {safe_repr(route.handler)} returned {safe_repr(result)}: "
             f"a modifier must return an ActionResult"
         )
     return result.result
@@ -387,14 +413,15 @@ async def _unwrap(route: PipelineRoute, awaitable: Any) -> Any:
 
 def _not_awaitable(route: PipelineRoute, returned: Any) -> TypeError:
     return TypeError(
-        f"the modifier stack of {route.handler!r} returned {returned!r}: "
+        f"the modifier stack of {safe_repr(route.handler)} returned {safe_repr(returned)}: "
         f"a modifier layer must return an awaitable of an ActionResult (is it an async def?)"
     )
 
 
 def _not_an_action(handler: Any, given: Any) -> TypeError:
     return TypeError(
-        f"the innermost call of the modifier stack of {handler!r} takes an ActionSubject, not {given!r}"
+        f"the innermost call of the modifier stack of {safe_repr(handler)} takes an ActionSubject, "
+        f"not {safe_repr(given)}"
     )
 
 
@@ -403,7 +430,7 @@ async def _raise(error: BaseException) -> Any:
 
 
 def _stream_misuse(route: Any, obj: Any) -> TypeError:
-    return TypeError(f"{route.handler!r} answers {type(obj).__name__} with a stream: use bus.stream(request)")
+    return TypeError(f"{safe_repr(route.handler)} answers {type(obj).__name__} with a stream: use bus.stream(request)")
 
 
 class RequestDispatcher:
@@ -451,7 +478,8 @@ class RequestDispatcher:
                 action = _new(ActionSubject)
                 action.subject = obj
                 action.inject = inject
-                return _unwrap(route, fn(action))
+                unwrap = route._unwrap  # read as a value: a slot read as a method is the slow lookup
+                return unwrap(route, fn, action)
             return _raise(_stream_misuse(route, obj))  # neither: a stream's route
         except Exception as error:  # raise at await time, as an async call would
             return _raise(error)
@@ -471,7 +499,7 @@ class RequestDispatcher:
         return None
 
     def _missing(self, obj: Any) -> BaseException:
-        return LookupError(f"no handler for {type(obj)!r}")
+        return LookupError(f"no handler for {safe_repr(type(obj))}")
 
 
 # What next(coroutine.__await__(), _DONE) returns once the coroutine has returned: the
@@ -532,7 +560,7 @@ class EventDispatcher:
         for base in cls.__mro__:
             added = []
             for route in self._registered.get(base, ()):
-                identity = _identity(route.handler)
+                identity = HandlerIdentity(route.handler)
                 if identity not in seen:
                     added.append(identity)
                     routes.append(route)
@@ -583,9 +611,10 @@ class EventDispatcher:
                         if yielded is _DONE:
                             continue
                     else:
-                        yielded = context.run(coroutine.send, None)
-                except StopIteration:
-                    continue
+                        try:
+                            yielded = context.run(coroutine.send, None)
+                        except StopIteration:  # it returned (a sync handler's own is its failure)
+                            continue
                 except (Exception, asyncio.CancelledError) as error:  # a cancellation its own: nothing can cancel a sync step
                     errors = _failed(self, errors, error, obj, route)
                     continue
@@ -642,7 +671,7 @@ class EventDispatcher:
                     task = create_task(route._direct(obj))
                 else:
                     task = create_task(route.invoke(obj, dict(inject)))
-            except Exception as error:
+            except (Exception, asyncio.CancelledError) as error:  # a sync handler's own cancellation: reported
                 self._handler_failed(error, obj, route)
                 continue
             tasks[task] = (obj, route)
@@ -713,7 +742,7 @@ class EventDispatcher:
                 self._on_error(error, obj, route.handler)
                 return
             except Exception as hook_error:
-                logger.error("the on_error hook failed on %r", obj, exc_info=hook_error)
+                logger.error("the on_error hook failed on %r", SafeRepr(obj), exc_info=hook_error)
         log_handler_error(error, obj, route.handler)
 
     def _strategy_for(self, value: Any) -> Tuple[int, Any]:
@@ -723,22 +752,17 @@ class EventDispatcher:
         raise TypeError(f"custom strategies are not supported by {type(self).__name__}")
 
     def _closed_error(self, obj: Any) -> BaseException:
-        return RuntimeError(f"{type(self).__name__} is closed: cannot publish {obj!r}")
-
-
-def _identity(handler: Any) -> Any:
-    """What makes two registrations the same handler: the function (or bound method) called."""
-    fn = getattr(handler, "fn", handler)
-    try:
-        hash(fn)
-    except TypeError:
-        return id(fn)
-    return fn
+        return RuntimeError(f"{type(self).__name__} is closed: cannot publish {safe_repr(obj)}")
 
 
 def log_handler_error(error: BaseException, event: Any, handler: Any) -> None:
     """The default error hook: log the failure with its traceback on the ``mediator`` logger."""
-    logger.error("event handler %r failed on %r", handler, event, exc_info=(type(error), error, error.__traceback__))
+    logger.error(
+        "event handler %r failed on %r",
+        SafeRepr(handler),
+        SafeRepr(event),
+        exc_info=(type(error), error, error.__traceback__),
+    )
 
 
 def _outcome(task: "asyncio.Task[Any]", bus_cancelled: set) -> Optional[BaseException]:
@@ -788,7 +812,7 @@ def _failed(
     if not isinstance(error, Exception):
         dispatcher._handler_failed(error, obj, route)
         return errors
-    add_note(error, f"raised by event handler {route.handler!r} for {obj!r}")
+    add_note(error, f"raised by event handler {safe_repr(route.handler)} for {safe_repr(obj)}")
     if errors is None:
         errors = []
     errors.append((error, route))

@@ -350,9 +350,12 @@ static PyObject *relay_throw(MediatorRelay *self, PyObject *args)
     return relay_resume(self, Py_None, args);
 }
 
+/* close(): close the inner awaitable. An Exception its closing raises (a coroutine that
+   ignored GeneratorExit) reaches on_error, as it would reach the `except` around the
+   `await` of a wrapper coroutine being closed. */
 static PyObject *relay_close(MediatorRelay *self, PyObject *unused)
 {
-    PyObject *inner = self->inner, *result;
+    PyObject *inner = self->inner, *owner, *subject, *result;
     if (self->running) {
         PyErr_SetString(PyExc_ValueError, "relay already executing");
         return NULL;
@@ -362,15 +365,28 @@ static PyObject *relay_close(MediatorRelay *self, PyObject *unused)
         relay_release(self);
         Py_RETURN_NONE;
     }
-    Py_INCREF(inner);
-    relay_release(self);
+    /* the relay lets go of everything first; owner and subject are kept for on_error */
+    owner = self->owner;
+    subject = self->subject;
+    self->inner = self->owner = self->subject = NULL;
     result = PyObject_CallMethod(inner, "close", NULL);
     if (result == NULL && PyErr_ExceptionMatches(PyExc_AttributeError)) {
         PyErr_Clear();  /* an iterator without close(): nothing to close, as for `yield from` */
         result = Py_None;
         Py_INCREF(result);
     }
+    if (result == NULL && self->on_error != NULL && PyErr_ExceptionMatches(PyExc_Exception)) {
+        PyObject *error = relay_fetch_error();
+        result = self->on_error(owner, subject, error);
+        Py_DECREF(error);
+        if (result != NULL) {  /* handled: the closing ends as a return would */
+            Py_SETREF(result, Py_None);
+            Py_INCREF(result);
+        }
+    }
     Py_DECREF(inner);
+    Py_XDECREF(owner);
+    Py_XDECREF(subject);
     return result;
 }
 

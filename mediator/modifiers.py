@@ -7,6 +7,7 @@ hooks. Put them in any ``modifiers=`` list (a bus's, a registry's, one ``registe
 import asyncio
 from typing import Any, Callable, Tuple, Type, Union
 
+from mediator._safe import safe_repr
 from mediator.common.modifiers import ModifierFactory
 from mediator.common.types import ActionCallType, ActionResult, ActionSubject
 
@@ -26,7 +27,7 @@ class Timeout(ModifierFactory):
 
     def __init__(self, seconds: float) -> None:
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
-            raise ValueError(f"timeout(seconds) takes a positive number of seconds, got {seconds!r}")
+            raise ValueError(f"timeout(seconds) takes a positive number of seconds, got {safe_repr(seconds)}")
         self.seconds = seconds
 
     def create(self, call: ActionCallType, **kwargs: Any) -> ActionCallType:
@@ -46,7 +47,7 @@ class Timeout(ModifierFactory):
             await asyncio.wait((task,))
             if not task.cancelled() and task.exception() is None:
                 return task.result()  # it finished as it was being cancelled
-            raise asyncio.TimeoutError(f"{target!r} did not finish {action.subject!r} within {seconds}s")
+            raise asyncio.TimeoutError(f"{safe_repr(target)} did not finish {safe_repr(action.subject)} within {seconds}s")
 
         return layer
 
@@ -65,12 +66,12 @@ class Retry(ModifierFactory):
         self, attempts: int, backoff: Backoff = 0.0, on: Union[Type[BaseException], Tuple[Type[BaseException], ...]] = (Exception,)
     ) -> None:
         if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
-            raise ValueError(f"retry(attempts) takes a positive int, got {attempts!r}")
+            raise ValueError(f"retry(attempts) takes a positive int, got {safe_repr(attempts)}")
         if not callable(backoff) and (isinstance(backoff, bool) or not isinstance(backoff, (int, float)) or backoff < 0):
-            raise ValueError(f"retry(backoff=) takes seconds >= 0 or a callable(attempt) -> seconds, got {backoff!r}")
+            raise ValueError(f"retry(backoff=) takes seconds >= 0 or a callable(attempt) -> seconds, got {safe_repr(backoff)}")
         on = on if isinstance(on, tuple) else (on,)
         if not on or not all(isinstance(cls, type) and issubclass(cls, Exception) for cls in on):
-            raise TypeError(f"retry(on=) takes Exception subclasses, got {on!r}")
+            raise TypeError(f"retry(on=) takes Exception subclasses, got {safe_repr(on)}")
         self.attempts = attempts
         self.backoff = backoff
         self.on = on

@@ -3,6 +3,7 @@
 from typing import TYPE_CHECKING, Any, Coroutine, Dict, Generic, Optional, Sequence, Tuple, TypeVar, overload
 
 from mediator._engine import RequestDispatcher
+from mediator._safe import safe_repr
 from mediator.common.factory import CallableHandlerPolicy, HandlerFactoryCascade, PolicyType
 from mediator.common.handler import describe
 from mediator.common.introspection import HandlerIntrospection
@@ -104,7 +105,7 @@ class LocalRequestBus(RequestDispatcher, HandlerRegistry, RequestExecutor, Handl
             error = self._missing(obj)
             return Stream(lambda: _raise(error))
         if not route._stream and not route._inline:
-            misuse = TypeError(f"{route.handler!r} is not a stream handler (async generator): use bus.execute(request)")
+            misuse = TypeError(f"{safe_repr(route.handler)} is not a stream handler (async generator): use bus.execute(request)")
             return Stream(lambda: _raise(misuse))
         return Stream(lambda: _open(route, obj, kwargs))
 
@@ -119,7 +120,7 @@ class LocalRequestBus(RequestDispatcher, HandlerRegistry, RequestExecutor, Handl
         return () if route is None else (route,)
 
     def _missing(self, obj: Any) -> LookupHandlerStoreError:
-        return LookupHandlerStoreError(f"no handler registered for {describe(type(obj))} (request {obj!r})")
+        return LookupHandlerStoreError(f"no handler registered for {describe(type(obj))} (request {safe_repr(obj)})")
 
 
 async def _raise(error: BaseException) -> Any:
@@ -130,5 +131,5 @@ async def _open(route: Any, obj: Any, kwargs: Dict[str, Any]) -> Any:
     """Start a stream handler; a plain def must have returned an async iterator."""
     iterator = await route.invoke(obj, kwargs)
     if not hasattr(type(iterator), "__anext__"):
-        raise TypeError(f"{route.handler!r} returned {iterator!r}, not an async iterator: use bus.execute(request)")
+        raise TypeError(f"{safe_repr(route.handler)} returned {safe_repr(iterator)}, not an async iterator: use bus.execute(request)")
     return iterator

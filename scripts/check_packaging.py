@@ -2,7 +2,7 @@
 
 - the sdist carries ``_core.pyx`` and the headers it includes (and the stub, ``py.typed``), never generated C;
 - ``MEDIATOR_NO_EXTENSIONS=1`` builds a pure ``py3-none-any`` wheel (the PyPy wheel);
-- ``cibuildwheel --print-build-identifiers`` lists CPython 3.9-3.13 for Linux
+- ``cibuildwheel --print-build-identifiers`` lists CPython 3.9-3.14 for Linux
   (manylinux and musllinux), macOS and Windows.
 """
 
@@ -15,7 +15,7 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-VERSIONS = ["cp39", "cp310", "cp311", "cp312", "cp313"]
+VERSIONS = ["cp39", "cp310", "cp311", "cp312", "cp313", "cp314"]
 
 
 def run(*args: str, **env: str) -> str:
@@ -56,6 +56,8 @@ def check_pure_wheel(out: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     check("mediator/_core_py.py" in names and not any(n.endswith((".so", ".pyd")) for n in names),
           "pure wheel holds the pure engine and no binary")
+    check(all(f"mediator/eventsourcing/{m}.py" in names for m in ("store", "sqlite", "memory", "aggregate")),
+          "pure wheel holds mediator.eventsourcing (the store, its SQLite and memory backends)")
     (metadata,) = (n for n in names if n.endswith(".dist-info/METADATA"))
     headers = zipfile.ZipFile(wheel).read(metadata).decode().split("\n\n", 1)[0].splitlines()
     check("License-Expression: MIT" in headers, "wheel metadata has the SPDX license expression MIT")

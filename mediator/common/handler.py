@@ -3,6 +3,7 @@
 from typing import Any, Callable, Collection, Hashable, Mapping, Optional
 
 from mediator._engine import Invoker
+from mediator._safe import safe_repr
 from mediator.common.types import ActionResult, ActionSubject
 
 __all__ = ["HandlerInfo", "Handler", "CallableHandler"]
@@ -83,9 +84,12 @@ class CallableHandler(Handler):
 
 
 def describe(obj: Any) -> str:
-    """A short name for messages: ``module.qualname``, else the repr."""
-    name = getattr(obj, "__qualname__", None)
-    module = getattr(obj, "__module__", None)
+    """A short name for messages: ``module.qualname``, else the repr (never failing)."""
+    try:
+        name = getattr(obj, "__qualname__", None)
+        module = getattr(obj, "__module__", None)
+    except Exception:  # an attribute that raises: the repr will say what it can
+        name = module = None
     if isinstance(name, str) and isinstance(module, str):
         return f"{module}.{name}"
-    return repr(obj)
+    return safe_repr(obj)

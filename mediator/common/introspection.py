@@ -2,6 +2,7 @@
 
 from typing import Any, Dict, Iterable, List, Tuple
 
+from mediator._safe import safe_repr
 from mediator.common.handler import Handler, describe
 from mediator.common.registry.base import LookupHandlerStoreError
 
@@ -28,7 +29,7 @@ class HandlerIntrospection:
     def handlers_for(self, cls: type) -> Tuple[Handler, ...]:
         """The handlers that serve instances of ``cls``, as dispatch would pick them."""
         if not isinstance(cls, type):
-            raise TypeError(f"handlers_for() takes a class, got {cls!r}")
+            raise TypeError(f"handlers_for() takes a class, got {safe_repr(cls)}")
         return tuple(route.handler for route in self._routes_of(cls))
 
     def registered(self) -> Dict[type, Tuple[Handler, ...]]:

@@ -2,6 +2,7 @@
 
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
+from mediator._safe import safe_repr
 from mediator.common.types import ActionCallType, ActionResult, ActionSubject
 
 __all__ = ["ModifierFactory", "ModifierStack", "Hook", "hook_stages", "split_hooks"]
@@ -59,7 +60,7 @@ class Hook(ModifierFactory):
         for name, stage in (("before", before), ("after", after), ("error", error)):
             if stage is not None:
                 if not callable(stage):
-                    raise TypeError(f"Hook {name}= must be callable, got {stage!r}")
+                    raise TypeError(f"Hook {name}= must be callable, got {safe_repr(stage)}")
                 setattr(self, name, stage)
 
     def before(self, subject: Any, inject: Dict[str, Any]) -> None:

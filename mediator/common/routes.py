@@ -3,6 +3,7 @@
 from typing import Any, Union
 
 from mediator._engine import PipelineRoute, Route
+from mediator._safe import safe_repr
 from mediator.common.handler import CallableHandler
 from mediator.common.modifiers import hook_stages, split_hooks
 from mediator.common.registry.base import HandlerEntry
@@ -32,5 +33,5 @@ def _build(factories: Any, call: Any, target: Any) -> Any:
     for factory in reversed(factories):
         call = factory.create(call, target=target)
         if not callable(call):
-            raise TypeError(f"modifier {factory!r} create() returned {call!r}, which is not callable")
+            raise TypeError(f"modifier {safe_repr(factory)} create() returned {safe_repr(call)}, which is not callable")
     return call

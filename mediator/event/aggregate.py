@@ -3,6 +3,7 @@
 from typing import Any, Dict, List, Optional, Tuple, TypeVar
 
 from mediator._compat import ExceptionGroup
+from mediator._safe import safe_repr
 from mediator.event.base import EventPublisher
 
 __all__ = ["EventAggregate", "EventAggregateError", "ConfigEventAggregateError"]
@@ -48,7 +49,7 @@ class EventAggregate:
         """
         publisher = self._publisher
         if publisher is None:
-            raise ConfigEventAggregateError(f"{self!r} has no publisher: call use(publisher) before commit()")
+            raise ConfigEventAggregateError(f"{safe_repr(self)} has no publisher: call use(publisher) before commit()")
         staged = self._staged
         async with publisher.transaction() as context:
             while staged:

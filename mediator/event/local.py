@@ -5,6 +5,7 @@ import logging
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from mediator._engine import EventDispatcher
+from mediator._safe import safe_repr
 from mediator.common.factory import CallableHandlerPolicy, HandlerFactoryCascade, PolicyType
 from mediator.common.introspection import HandlerIntrospection
 from mediator.common.modifiers import ModifierFactory
@@ -41,7 +42,7 @@ class _GroupStore(CollectionHandlerStore):
     def add(self, entry: HandlerEntry) -> None:
         if getattr(entry.handler, "kind", None) == "stream":
             raise TypeError(
-                f"{entry.handler!r} is an async generator: event handlers are async or plain functions"
+                f"{safe_repr(entry.handler)} is an async generator: event handlers are async or plain functions"
             )
         route = compile_route(entry)
         super().add(entry)
@@ -89,14 +90,14 @@ class LocalEventBus(EventDispatcher, EventPublisher, HandlerRegistry, EventSubsc
         if strategy is not None:
             kind, strategy = resolve_strategy(strategy)
             if sync_mode and strategy is not CONCURRENT:
-                raise ValueError(f"sync_mode=True means the concurrent strategy; it contradicts strategy={strategy!r}")
+                raise ValueError(f"sync_mode=True means the concurrent strategy; it contradicts strategy={safe_repr(strategy)}")
             self._kind, self._strategy = kind, strategy
         if on_error is not None and not callable(on_error):
-            raise TypeError(f"on_error must be callable (error, event, handler), got {on_error!r}")
+            raise TypeError(f"on_error must be callable (error, event, handler), got {safe_repr(on_error)}")
         self._on_error = on_error
         if max_pending is not None:
             if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
-                raise ValueError(f"max_pending must be a positive int, got {max_pending!r}")
+                raise ValueError(f"max_pending must be a positive int, got {safe_repr(max_pending)}")
             self._max_pending = max_pending
         HandlerRegistry.__init__(self, _GroupStore(self), policies or [CallableHandlerPolicy()], cascade, modifiers)
 
@@ -155,7 +156,7 @@ class LocalEventBus(EventDispatcher, EventPublisher, HandlerRegistry, EventSubsc
             logger.warning(
                 "closing the event bus cancelled %d handler run(s): %s",
                 len(cancelled),
-                ", ".join(f"{run.handler!r} on {run.event!r}" for run in cancelled),
+                ", ".join(f"{safe_repr(run.handler)} on {safe_repr(run.event)}" for run in cancelled),
             )
         return cancelled
 
@@ -178,4 +179,4 @@ class LocalEventBus(EventDispatcher, EventPublisher, HandlerRegistry, EventSubsc
         return run_custom(strategy, self, group, event, inject)
 
     def _closed_error(self, event: Any) -> EventBusClosedError:
-        return EventBusClosedError(f"the event bus is closed: cannot publish {event!r}")
+        return EventBusClosedError(f"the event bus is closed: cannot publish {safe_repr(event)}")

@@ -16,6 +16,8 @@ registration order.
 import inspect
 from typing import Any, Awaitable, Dict, Sequence, Tuple
 
+from mediator._safe import safe_repr
+
 __all__ = ["PublishStrategy", "HandlerRun", "BACKGROUND", "CONCURRENT", "SEQUENTIAL", "resolve_strategy"]
 
 
@@ -47,7 +49,7 @@ class HandlerRun:
         self._bus._spawn((self._route,), self.event, self._inject)
 
     def __repr__(self) -> str:
-        return f"<HandlerRun {self.handler!r} of {self.event!r}>"
+        return f"<HandlerRun {safe_repr(self.handler)} of {safe_repr(self.event)}>"
 
 
 class PublishStrategy:
@@ -87,18 +89,18 @@ def resolve_strategy(value: Any) -> Tuple[int, Any]:
     if isinstance(value, str):
         strategy = _BY_NAME.get(value)
         if strategy is None:
-            raise ValueError(f"unknown publish strategy {value!r}: use one of {', '.join(map(repr, _BY_NAME))}")
+            raise ValueError(f"unknown publish strategy {safe_repr(value)}: use one of {', '.join(map(repr, _BY_NAME))}")
         return strategy.kind, strategy
     if isinstance(value, _EngineStrategy):
         return value.kind, value
     if callable(value):
         return _CUSTOM, value
-    raise TypeError(f"a publish strategy is a name or an async callable (event, runs), got {value!r}")
+    raise TypeError(f"a publish strategy is a name or an async callable (event, runs), got {safe_repr(value)}")
 
 
 def run_custom(strategy: Any, bus: Any, group: Sequence[Any], event: Any, inject: Dict[str, Any]) -> Awaitable[None]:
     """Call a custom strategy with one ``HandlerRun`` per route of ``group``."""
     result = strategy(event, tuple(HandlerRun(bus, route, event, inject) for route in group))
     if not inspect.isawaitable(result):
-        raise TypeError(f"publish strategy {strategy!r} returned {result!r}: it must be an async callable (event, runs)")
+        raise TypeError(f"publish strategy {safe_repr(strategy)} returned {safe_repr(result)}: it must be an async callable (event, runs)")
     return result

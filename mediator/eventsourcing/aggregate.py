@@ -57,7 +57,7 @@ def _event_class(owner: type, name: str, function: Any) -> type:
     except Exception as error:
         raise TypeError(f"@applies {where}: cannot resolve the annotation of {event_parameter.name!r} ({error})") from None
     cls = hints.get(event_parameter.name)
-    if not isinstance(cls, type):
+    if not isinstance(cls, type) or typing.get_origin(cls) is not None:  # list[int] passes for a type on 3.9
         raise TypeError(f"@applies {where}: the annotation of {event_parameter.name!r} must be a class, got {cls!r}")
     return cls
 

@@ -5,7 +5,7 @@ The codec's own errors (``EncodeError``: an event the codec cannot encode;
 that do not decode) are raised as they are and re-exported by ``mediator.eventsourcing``.
 """
 
-from typing import Optional
+from typing import Any, Optional, Tuple
 
 __all__ = [
     "EventStoreError",
@@ -33,7 +33,7 @@ class ConcurrencyError(EventStoreError):
         )
         self.stream, self.expected, self.actual = stream, expected, actual
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]  # picklable across processes
+    def __reduce__(self) -> Tuple[Any, ...]:  # picklable across processes
         return (type(self), (self.stream, self.expected, self.actual))
 
 
@@ -44,7 +44,7 @@ class AggregateNotFoundError(EventStoreError, LookupError):
         super().__init__(message or f"no {cls.__qualname__} with id {id!r}: its stream has no events")
         self.cls, self.id = cls, id
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]
+    def __reduce__(self) -> Tuple[Any, ...]:
         return (type(self), (self.cls, self.id, str(self)))
 
 

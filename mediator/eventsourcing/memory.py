@@ -27,6 +27,8 @@ __all__ = ["MemoryEventStore"]
 class _MemoryTransaction(Transaction):
     """Writes are staged here and applied to the store in one step at commit."""
 
+    store: "MemoryEventStore"
+
     def __init__(self, store: "MemoryEventStore") -> None:
         self.store = store
         self._rows: List[Row] = []
@@ -103,7 +105,7 @@ class _MemoryTransaction(Transaction):
         self._values[(namespace, key)] = None
 
     async def items(self, namespace: str) -> List[Tuple[str, Any]]:
-        merged = {k: v for (ns, k), v in self.store._values.items() if ns == namespace}
+        merged: Dict[str, Optional[str]] = {k: v for (ns, k), v in self.store._values.items() if ns == namespace}
         merged.update({k: v for (ns, k), v in self._values.items() if ns == namespace})
         return [(key, json.loads(text)) for key, text in sorted(merged.items()) if text is not None]
 
@@ -146,13 +148,13 @@ class MemoryEventStore(EventStore):
         self._snapshots: Dict[str, Snapshot] = {}
         self._deliveries: Dict[int, None] = {}
         self._values: Dict[Tuple[str, str], str] = {}
-        self._writer = asyncio.Lock()
+        self._writer: Any = None  # an asyncio.Lock, made in the loop (on 3.9 a Lock binds the loop it is made in)
 
     def __repr__(self) -> str:
         return f"<MemoryEventStore {self.url!r}>"
 
     async def _open(self) -> None:
-        pass
+        self._writer = asyncio.Lock()
 
     async def _close(self) -> None:
         pass

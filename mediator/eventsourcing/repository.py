@@ -184,6 +184,8 @@ class Repository:
             store = self.store
             async with store.transaction() as tx:
                 pending = await tx.deliveries()
+            publishing = store._publishing
+            pending = [position for position in pending if position not in publishing]  # in flight here
             count = 0
             if pending:
                 events, found = await store._load_positions(pending)
@@ -200,6 +202,8 @@ class Repository:
         bus = self.bus
         done: List[int] = []
         failures: List[EventHandlerErrors] = []
+        publishing = self.store._publishing
+        publishing.update(positions)  # before any await: no other repository here publishes them too
         try:
             for event, position in zip(events, positions):
                 try:
@@ -210,8 +214,11 @@ class Repository:
         finally:
             if len(done) < len(positions):
                 self._delivered = False  # the rest stays in the outbox: the next get/save retries
-            if done:
-                await asyncio.shield(self._forget(done))
+            try:
+                if done:
+                    await asyncio.shield(self._forget(done))
+            finally:
+                publishing.difference_update(positions)
         if failures:
             raise failures[0] if len(failures) == 1 else EventHandlerErrors(
                 f"handlers of {len(failures)} published events failed",
@@ -219,5 +226,4 @@ class Repository:
             )
 
     async def _forget(self, positions: List[int]) -> None:
-        async with self.store.transaction() as tx:
-            await tx.remove_deliveries(positions)
+        await self.store._forget_deliveries(positions)

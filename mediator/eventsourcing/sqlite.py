@@ -97,6 +97,8 @@ def _append_rows(
 
 
 class _SQLiteTransaction(Transaction):
+    store: "SQLiteEventStore"
+
     def __init__(self, store: "SQLiteEventStore") -> None:
         self.store = store
         self._conn = store._writer
@@ -232,6 +234,24 @@ def _append_transaction(
     return version
 
 
+def _forget_transaction(conn: sqlite3.Connection, positions: Sequence[int], synchronous: str) -> None:
+    """Delete outbox rows in a commit that does not wait for the disk (WAL, NORMAL)."""
+    lazy = synchronous in ("FULL", "EXTRA")
+    if lazy:
+        conn.execute("PRAGMA synchronous = NORMAL")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany("DELETE FROM outbox WHERE position = ?", [(p,) for p in positions])
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+    finally:
+        if lazy:
+            conn.execute(f"PRAGMA synchronous = {synchronous}")
+
+
 class SQLiteEventStore(EventStore):
     """The ``sqlite:///path.db`` store.
 
@@ -263,7 +283,7 @@ class SQLiteEventStore(EventStore):
         self._reader: Any = None
         self._write_thread: Optional[ThreadPoolExecutor] = None
         self._read_thread: Optional[ThreadPoolExecutor] = None
-        self._lock = asyncio.Lock()
+        self._lock: Any = None  # an asyncio.Lock, made in the loop (on 3.9 a Lock binds the loop it is made in)
 
     def __repr__(self) -> str:
         return f"<SQLiteEventStore {self.url!r}>"
@@ -284,6 +304,7 @@ class SQLiteEventStore(EventStore):
     # -- lifecycle -----------------------------------------------------------------
 
     async def _open(self) -> None:
+        self._lock = asyncio.Lock()
         self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="mediator-sqlite-writer")
         self._writer = await self._write(self._connect)
         await self._write(self._create_schema, self._writer)
@@ -346,6 +367,12 @@ class SQLiteEventStore(EventStore):
             version = await self._write(_append_transaction, self._writer, stream, new, expected_version)
         self._committed()
         return version
+
+    async def _forget_deliveries(self, positions: Sequence[int]) -> None:
+        # published: if a power loss undoes this commit, they are only published again
+        await self._ready()
+        async with self._lock:
+            await self._write(_forget_transaction, self._writer, positions, self.synchronous)
 
     # -- reading -------------------------------------------------------------------
 

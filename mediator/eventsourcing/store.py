@@ -56,6 +56,10 @@ The backend contract (what ``memory.py``, ``sqlite.py`` and ``postgres.py`` impl
    (``LISTEN/NOTIFY``) may do better. Spurious returns are fine.
 6. A backend may override ``append`` for speed if it keeps its exact semantics
    (validation, encoding by ``_encode``, one transaction, ``_committed()`` after commit).
+   It may override ``_forget_deliveries(positions)`` (take published positions out of the
+   outbox, one transaction) with a cheaper commit that need not survive a power loss: if
+   it is lost, those events are only published again (at least once). SQLite commits it
+   with ``synchronous=NORMAL``; PostgreSQL can use ``SET LOCAL synchronous_commit = off``.
 
 The PostgreSQL backend is ``mediator.eventsourcing.postgres.PostgresEventStore`` (imported
 only when a ``postgresql://`` or ``postgres://`` URL is opened), constructed as
@@ -64,6 +68,7 @@ only when a ``postgresql://`` or ``postgres://`` URL is opened), constructed as
 
 import abc
 import asyncio
+import importlib
 import json
 import uuid
 from contextlib import asynccontextmanager
@@ -77,8 +82,8 @@ from typing import (
     NamedTuple,
     Optional,
     Sequence,
+    Set,
     Tuple,
-    Union,
 )
 
 from mediator.codec import Codec, codec as default_codec
@@ -87,7 +92,7 @@ from mediator.eventsourcing.records import RecordedEvent
 
 __all__ = ["EventStore", "Transaction", "NewEvent", "Snapshot", "Row", "open_store"]
 
-Row = Tuple[int, str, int, str, str, Union[bytes, str], Any, Any]
+Row = Tuple[int, str, int, str, str, Any, Any, Any]
 """A stored event as a backend returns it: (position, stream, version, id, type, data,
 metadata, recorded_at); see the module docstring."""
 
@@ -246,6 +251,7 @@ class EventStore(abc.ABC):
         self._closed = False
         self._open_lock: Optional[asyncio.Lock] = None
         self._commit_waiters: List["asyncio.Future[None]"] = []
+        self._publishing: Set[int] = set()  # outbox positions a Repository of this process is publishing
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -324,6 +330,11 @@ class EventStore(abc.ABC):
         async with self.transaction() as tx:
             version, _ = await tx.append(stream, new, expected_version)
         return version
+
+    async def _forget_deliveries(self, positions: Sequence[int]) -> None:
+        """Take published ``positions`` out of the outbox (see the module docstring, 6.)."""
+        async with self.transaction() as tx:
+            await tx.remove_deliveries(positions)
 
     def _encode(self, events: Iterable[Any], metadata: Optional[Dict[str, Any]]) -> List[NewEvent]:
         """The events as ``NewEvent``s (codec errors raised as they are, before any I/O)."""
@@ -466,13 +477,16 @@ class EventStore(abc.ABC):
 
     async def _wait_for_commit(self, after: int) -> None:
         """Return when events past ``after`` may exist (see the module docstring, 5.)."""
-        waiter = asyncio.get_running_loop().create_future()
+        # not asyncio.wait_for: up to 3.11 it swallows a cancellation that comes as the
+        # waiter is woken, and a cancelled subscriber would then run on
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        timer = loop.call_later(self.poll_interval, _wake, waiter)
         self._commit_waiters.append(waiter)
         try:
-            await asyncio.wait_for(waiter, self.poll_interval)
-        except asyncio.TimeoutError:
-            pass
+            await waiter
         finally:
+            timer.cancel()
             if waiter in self._commit_waiters:
                 self._commit_waiters.remove(waiter)
 
@@ -505,6 +519,11 @@ class EventStore(abc.ABC):
     @abc.abstractmethod
     async def _load_snapshot(self, stream: str) -> Optional[Snapshot]:
         """The stream's latest snapshot, or ``None``."""
+
+
+def _wake(waiter: "asyncio.Future[None]") -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 # -- argument checks shared by the backends ------------------------------------------
@@ -584,8 +603,8 @@ def open_store(url: str, *, codec: Optional[Codec] = None, **options: Any) -> Ev
 
         return SQLiteEventStore(url, codec=codec, **options)
     if scheme in ("postgresql", "postgres"):
-        try:
-            from mediator.eventsourcing.postgres import PostgresEventStore
+        try:  # by name: the module is optional (and its driver too)
+            PostgresEventStore = importlib.import_module("mediator.eventsourcing.postgres").PostgresEventStore
         except ImportError as error:
             raise ImportError(
                 f"{url!r} needs the PostgreSQL backend's driver: pip install 'mediator[postgres]' ({error})"

@@ -73,9 +73,12 @@ HERE = Path(__file__).resolve().parent
 
 @pytest.fixture
 def child_env() -> Dict[str, str]:
-    """The environment of a child process: same engine, this checkout importable."""
+    """The environment of a child process: the same engine, the same ``mediator`` as the
+    tests import (this checkout, or an installed wheel)."""
+    import mediator
+
     env = dict(os.environ)
-    root = str(HERE.parent.parent)
+    root = str(Path(mediator.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
 

@@ -201,6 +201,28 @@ def test_subscribe_gives_old_then_live_events_and_ends_on_close(store):
     run(main())
 
 
+def test_a_subscriber_cancelled_as_a_commit_wakes_it_stops(store):
+    """The cancellation and the wake-up come in the same loop step (asyncio.wait_for
+    up to 3.11 swallowed such a cancellation, and the loop went on)."""
+
+    async def main():
+        async with store:
+            async def follow():
+                async for _ in store.subscribe():
+                    pass
+
+            for _ in range(3):
+                task = asyncio.ensure_future(follow())
+                for _ in range(3):
+                    await asyncio.sleep(0)  # now waiting for a commit
+                await store.append("a", [Deposited(1)], expected_version=None)  # wakes it
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await asyncio.wait_for(task, 5)
+
+    run(main())
+
+
 def test_a_closed_store_refuses_calls(store):
     async def main():
         async with store:

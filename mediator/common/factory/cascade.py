@@ -2,6 +2,7 @@
 
 from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
+from mediator._safe import safe_repr
 from mediator.common.factory.base import (
     HandlerFactory,
     HandlerFactoryError,
@@ -68,7 +69,7 @@ class HandlerFactoryCascade:
                 raise InspectionHandlerFactoryCascadeError(str(error), factory=factory) from error
         reasons = "; ".join(str(error) for _, error in factory_errors)
         raise IncompatibleHandlerFactoryCascadeError(
-            f"{obj!r} cannot be a handler: {reasons}", factory_errors=factory_errors
+            f"{safe_repr(obj)} cannot be a handler: {reasons}", factory_errors=factory_errors
         )
 
     def replace(self, policies: Iterable[PolicyType]) -> "HandlerFactoryCascade":

@@ -2,6 +2,7 @@
 
 from typing import Any, Callable, Dict, Mapping, Optional, Type
 
+from mediator._safe import safe_repr
 from mediator.common.factory.base import HandlerFactory, HandlerFactoryMapper, IncompatibleHandlerFactoryError
 from mediator.common.factory.inspection import HandlerLabel, inspect_callable
 from mediator.common.factory.policies import CallableHandlerPolicy, MethodHandlerPolicy
@@ -39,11 +40,11 @@ class MethodHandlerFactory(HandlerFactory):
         name = self.policy.name
         if self._subtype_of and not isinstance(obj, self._subtype_of):
             expected = ", ".join(cls.__qualname__ for cls in self._subtype_of)
-            raise IncompatibleHandlerFactoryError(f"{obj!r} is not an instance of {expected}")
+            raise IncompatibleHandlerFactoryError(f"{safe_repr(obj)} is not an instance of {expected}")
         try:
             attribute = getattr(obj, name)
         except AttributeError:
-            raise IncompatibleHandlerFactoryError(f"{obj!r} has no attribute {name!r}") from None
+            raise IncompatibleHandlerFactoryError(f"{safe_repr(obj)} has no attribute {name!r}") from None
         return inspect_callable(obj, attribute, self.policy.policy, HandlerLabel(obj, name))
 
     def __repr__(self) -> str:
@@ -65,7 +66,7 @@ class TypeHandlerFactoryMapper(HandlerFactoryMapper):
             if provider is not None:
                 return provider(policy)
         known = ", ".join(cls.__qualname__ for cls in self._mapping)
-        raise TypeError(f"no handler factory for policy {policy!r}: mapped policy types are {known}")
+        raise TypeError(f"no handler factory for policy {safe_repr(policy)}: mapped policy types are {known}")
 
 
 class DefaultHandlerFactoryMapper(TypeHandlerFactoryMapper):

@@ -8,6 +8,7 @@ from inspect import CO_ASYNC_GENERATOR, CO_COROUTINE, CO_VARKEYWORDS, Parameter
 from types import FunctionType, MethodType
 from typing import Any, List, NamedTuple, Optional
 
+from mediator._safe import safe_repr
 from mediator.common.factory.base import HandlerFactoryError, IncompatibleHandlerFactoryError
 from mediator.common.factory.policies import CallableHandlerPolicy
 from mediator.common.handler import CallableHandler, describe
@@ -140,7 +141,7 @@ def _subject_class(target: Any, subject: _Param, label: Any) -> type:
         annotation = _resolve(target, subject.name, annotation, label)
     if not isinstance(annotation, type) or isinstance(annotation, _NOT_CLASSES) or annotation is typing.Any:
         raise HandlerFactoryError(
-            f"{label}: the annotation of the subject parameter {subject.name!r} is {annotation!r}, not a class"
+            f"{label}: the annotation of the subject parameter {subject.name!r} is {safe_repr(annotation)}, not a class"
         )
     return annotation
 
@@ -168,7 +169,7 @@ def _resolve(target: Any, name: str, annotation: str, label: Any) -> Any:
         return eval(annotation, getattr(source, "__globals__", {}))  # noqa: S307 - the user's own annotation
     except Exception as error:
         raise HandlerFactoryError(
-            f"{label}: the annotation {annotation!r} of the subject parameter {name!r} cannot be resolved ({error!r})"
+            f"{label}: the annotation {annotation!r} of the subject parameter {name!r} cannot be resolved ({safe_repr(error)})"
         ) from error
 
 
@@ -187,4 +188,4 @@ class HandlerLabel:
     def __str__(self) -> str:
         if self.attribute is None:
             return f"handler {describe(self.obj)}"
-        return f"handler method {self.attribute!r} of {self.obj!r}"
+        return f"handler method {self.attribute!r} of {safe_repr(self.obj)}"

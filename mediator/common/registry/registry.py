@@ -2,6 +2,7 @@
 
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVar, overload
 
+from mediator._safe import safe_repr
 from mediator.common.factory import HandlerFactoryCascade, PolicyType
 from mediator.common.modifiers import ModifierFactory
 from mediator.common.registry.base import HandlerEntry, HandlerStore
@@ -79,11 +80,11 @@ def check_modifiers(modifiers: Sequence[Any], owner: Any) -> tuple:
     if not modifiers and isinstance(modifiers, (tuple, list)):
         return ()
     if isinstance(modifiers, ModifierFactory) or not isinstance(modifiers, Iterable):
-        raise TypeError(f"modifiers of {owner!r} must be a sequence of ModifierFactory, got {modifiers!r}")
+        raise TypeError(f"modifiers of {safe_repr(owner)} must be a sequence of ModifierFactory, got {safe_repr(modifiers)}")
     modifiers = tuple(modifiers)
     for modifier in modifiers:
         if isinstance(modifier, type):
-            raise TypeError(f"modifier {modifier!r} of {owner!r} is a class: pass an instance of this ModifierFactory")
+            raise TypeError(f"modifier {safe_repr(modifier)} of {safe_repr(owner)} is a class: pass an instance of this ModifierFactory")
         if not callable(getattr(modifier, "create", None)):
-            raise TypeError(f"modifier {modifier!r} of {owner!r} is not a ModifierFactory: it has no create() method")
+            raise TypeError(f"modifier {safe_repr(modifier)} of {safe_repr(owner)} is not a ModifierFactory: it has no create() method")
     return modifiers

@@ -2,6 +2,7 @@
 
 from typing import Dict, Hashable, Iterable, Iterator, List, Sequence
 
+from mediator._safe import safe_repr
 from mediator.common.handler import describe
 from mediator.common.modifiers import ModifierFactory
 from mediator.common.registry.base import (
@@ -43,8 +44,8 @@ class MappingHandlerStore(HandlerStore):
         existing = self._map.get(key)
         if existing is not None:
             raise CollisionHandlerStoreError(
-                f"{describe(key)} already has a handler ({existing.handler!r}); "
-                f"cannot add {entry.handler!r}"
+                f"{describe(key)} already has a handler ({safe_repr(existing.handler)}); "
+                f"cannot add {safe_repr(entry.handler)}"
             )
         self._map[key] = entry
 
