@@ -307,9 +307,9 @@ class Codec:
         """What ``_decode_current`` does for ``entry``, as one callable (the fast path)."""
         cls: Any = entry.cls
         if _is_pydantic(cls):
-            return cls.model_validate_json  # type: ignore[no-any-return]
+            return cls.model_validate_json
         if msgspec is not None and entry.decoder is not None:
-            return entry.decoder.decode  # type: ignore[no-any-return]
+            return entry.decoder.decode
         return lambda payload: _jsonconv.convert(json.loads(payload), cls)
 
     def _convert(self, cls: Any, data: Any) -> Any:

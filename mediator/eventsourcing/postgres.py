@@ -30,7 +30,7 @@ import asyncio
 import json
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-import asyncpg
+import asyncpg  # type: ignore[import-untyped]
 
 from mediator.codec import Codec
 from mediator.eventsourcing.errors import ConcurrencyError, EventStoreError
@@ -164,6 +164,8 @@ def _columns(events: Sequence[NewEvent]) -> Tuple[List[str], List[str], List[byt
 
 class _PostgresTransaction(Transaction):
     """A transaction on one pooled connection (``connection``: the asyncpg connection)."""
+
+    store: "PostgresEventStore"
 
     def __init__(self, store: "PostgresEventStore", connection: Any, transaction: Any) -> None:
         self.store = store
@@ -453,7 +455,7 @@ class PostgresEventStore(EventStore):
             # may predate a concurrent commit).
             raise ConcurrencyError(stream, expected_version, await self._version(stream))
         self._committed()
-        return current + inserted  # type: ignore[no-any-return]
+        return current + inserted
 
     async def _forget_deliveries(self, positions: Sequence[int]) -> None:
         """Take published positions out of the outbox without waiting for the WAL flush
@@ -474,7 +476,7 @@ class PostgresEventStore(EventStore):
     # -- reading -------------------------------------------------------------------
 
     async def _read_stream(self, stream: str, after: int, to_version: Optional[int], limit: int) -> List[Row]:
-        return await self._pool.fetch(READ_STREAM, stream, after, to_version, limit)  # type: ignore[no-any-return]
+        return await self._pool.fetch(READ_STREAM, stream, after, to_version, limit)
 
     async def _load_events(self, stream: str, after: int, to_version: Optional[int]) -> List[Any]:
         """The decoded events of ``stream`` (an aggregate's load: two columns, one query)."""
@@ -484,10 +486,10 @@ class PostgresEventStore(EventStore):
         return [decode(type_string, data) for type_string, data in await self._pool.fetch(LOAD_STREAM, stream, after, to_version)]
 
     async def _read_all(self, after: int, limit: Optional[int]) -> List[Row]:
-        return await self._pool.fetch(READ_ALL, after, limit)  # type: ignore[no-any-return]
+        return await self._pool.fetch(READ_ALL, after, limit)
 
     async def _version(self, stream: str) -> int:
-        return await self._pool.fetchval(VERSION, stream)  # type: ignore[no-any-return]
+        return await self._pool.fetchval(VERSION, stream)
 
     async def _load_snapshot(self, stream: str) -> Optional[Snapshot]:
         row = await self._pool.fetchrow(
