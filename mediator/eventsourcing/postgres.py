@@ -358,6 +358,8 @@ class PostgresEventStore(EventStore):
         self._connect_timeout = connect_timeout
         self._pool: Any = None
         self._listener: Any = None
+        self._direct: Any = None  # a connection of the store's own statements when it is free
+        self._direct_busy = False
 
     def __repr__(self) -> str:
         return f"<PostgresEventStore {_redact(self.url)}>"
@@ -380,6 +382,7 @@ class PostgresEventStore(EventStore):
                 async with connection.transaction():
                     await connection.execute(SCHEMA_LOCK)
                     await connection.execute(SCHEMA)
+            self._direct = await asyncpg.connect(self.url, timeout=self._connect_timeout)
             self._listener = await asyncpg.connect(self.url, timeout=self._connect_timeout)
             await self._listener.add_listener(CHANNEL, self._notified)
         except BaseException:
@@ -389,7 +392,29 @@ class PostgresEventStore(EventStore):
     def _notified(self, *args: Any) -> None:
         self._committed()
 
+    async def _run(self, method: str, *args: Any) -> Any:
+        """One statement of the store's own, on its direct connection when no other task is
+        using it (one round trip, no pool acquire/release), else on a pooled one. A
+        connection that fails otherwise than by an SQL error (cancellation, I/O) is dropped."""
+        connection = self._direct
+        if connection is None or self._direct_busy:
+            return await getattr(self._pool, method)(*args)
+        self._direct_busy = True
+        try:
+            return await getattr(connection, method)(*args)
+        except asyncpg.PostgresError:
+            raise
+        except BaseException:
+            self._direct = None
+            connection.terminate()
+            raise
+        finally:
+            self._direct_busy = False
+
     async def _close(self) -> None:
+        direct, self._direct = self._direct, None
+        if direct is not None:
+            direct.terminate() if self._direct_busy else await _quietly_close(direct)
         listener, self._listener = self._listener, None
         if listener is not None:
             try:
@@ -442,7 +467,7 @@ class PostgresEventStore(EventStore):
             await self._ready()
         while True:
             try:
-                current, inserted, _ = await self._pool.fetchrow(APPEND, stream, expected_version, types, datas, meta)
+                current, inserted, _ = await self._run("fetchrow", APPEND, stream, expected_version, types, datas, meta)
             except asyncpg.UniqueViolationError:
                 # A concurrent append committed after this statement's snapshot was taken:
                 # with no expected version, try again on a fresh snapshot.
@@ -476,26 +501,34 @@ class PostgresEventStore(EventStore):
     # -- reading -------------------------------------------------------------------
 
     async def _read_stream(self, stream: str, after: int, to_version: Optional[int], limit: int) -> List[Row]:
-        return await self._pool.fetch(READ_STREAM, stream, after, to_version, limit)
+        return await self._run("fetch", READ_STREAM, stream, after, to_version, limit)
 
     async def _load_events(self, stream: str, after: int, to_version: Optional[int]) -> List[Any]:
         """The decoded events of ``stream`` (an aggregate's load: two columns, one query)."""
         if not self._opened or self._closed:
             await self._ready()
         decode = self.codec.decode
-        return [decode(type_string, data) for type_string, data in await self._pool.fetch(LOAD_STREAM, stream, after, to_version)]
+        rows = await self._run("fetch", LOAD_STREAM, stream, after, to_version)
+        return [decode(type_string, data) for type_string, data in rows]
 
     async def _read_all(self, after: int, limit: Optional[int]) -> List[Row]:
-        return await self._pool.fetch(READ_ALL, after, limit)
+        return await self._run("fetch", READ_ALL, after, limit)
 
     async def _version(self, stream: str) -> int:
-        return await self._pool.fetchval(VERSION, stream)
+        return await self._run("fetchval", VERSION, stream)
 
     async def _load_snapshot(self, stream: str) -> Optional[Snapshot]:
         row = await self._pool.fetchrow(
             "SELECT stream, version, type, data FROM mediator_snapshots WHERE stream = $1", stream
         )
         return None if row is None else Snapshot(*row)
+
+
+async def _quietly_close(connection: Any) -> None:
+    try:
+        await connection.close(timeout=5)
+    except Exception:
+        connection.terminate()
 
 
 async def _no_reset(connection: Any) -> None:
