@@ -22,8 +22,9 @@ rollback returns them). The cost: concurrent appenders do not share a WAL flush 
 commit); one appender alone pays nothing more than an update of a hot row.
 
 **Live subscribers** are woken by ``LISTEN/NOTIFY`` (each append notifies
-``mediator_events`` when it commits) and poll every ``poll_interval`` seconds besides,
-so a lost notification (a dropped listener connection) costs latency, never an event.
+``mediator_events`` when it commits; the LISTEN connection is opened by the first
+subscriber that waits) and poll every ``poll_interval`` seconds besides, so a lost
+notification (a dropped listener connection) costs latency, never an event.
 """
 
 import asyncio
@@ -360,6 +361,7 @@ class PostgresEventStore(EventStore):
         self._listener: Any = None
         self._direct: Any = None  # a connection of the store's own statements when it is free
         self._direct_busy = False
+        self._listen_task: Optional["asyncio.Future[None]"] = None
 
     def __repr__(self) -> str:
         return f"<PostgresEventStore {_redact(self.url)}>"
@@ -383,14 +385,41 @@ class PostgresEventStore(EventStore):
                     await connection.execute(SCHEMA_LOCK)
                     await connection.execute(SCHEMA)
             self._direct = await asyncpg.connect(self.url, timeout=self._connect_timeout)
-            self._listener = await asyncpg.connect(self.url, timeout=self._connect_timeout)
-            await self._listener.add_listener(CHANNEL, self._notified)
         except BaseException:
             await self._close()
             raise
 
     def _notified(self, *args: Any) -> None:
         self._committed()
+
+    async def _wait_for_commit(self, after: int) -> None:
+        """Wait for a NOTIFY or ``poll_interval``. The LISTEN connection is opened by the
+        first subscriber that waits (a process that only writes keeps none, and its appends
+        wake no listener); that first wait returns at once, so that the subscriber reads
+        again what committed before LISTEN took effect."""
+        task = self._listen_task
+        if task is None and not self._closed:
+            task = self._listen_task = asyncio.ensure_future(self._listen())
+            task.add_done_callback(_retrieve)
+        if task is not None and not task.done():
+            try:
+                await asyncio.shield(task)
+            except Exception:  # no listener: the poll alone
+                pass
+            return
+        await EventStore._wait_for_commit(self, after)
+
+    async def _listen(self) -> None:
+        listener = await asyncpg.connect(self.url, timeout=self._connect_timeout)
+        try:
+            await listener.add_listener(CHANNEL, self._notified)
+        except BaseException:
+            listener.terminate()
+            raise
+        if self._closed:
+            await _quietly_close(listener)
+        else:
+            self._listener = listener
 
     async def _run(self, method: str, *args: Any) -> Any:
         """One statement of the store's own, on its direct connection when no other task is
@@ -415,6 +444,9 @@ class PostgresEventStore(EventStore):
         direct, self._direct = self._direct, None
         if direct is not None:
             direct.terminate() if self._direct_busy else await _quietly_close(direct)
+        task, self._listen_task = self._listen_task, None
+        if task is not None and not task.done():
+            task.cancel()
         listener, self._listener = self._listener, None
         if listener is not None:
             try:
@@ -522,6 +554,12 @@ class PostgresEventStore(EventStore):
             "SELECT stream, version, type, data FROM mediator_snapshots WHERE stream = $1", stream
         )
         return None if row is None else Snapshot(*row)
+
+
+def _retrieve(task: "asyncio.Future[None]") -> None:
+    """Mark a finished LISTEN task's error as seen (the subscriber then polls)."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def _quietly_close(connection: Any) -> None:

@@ -146,9 +146,6 @@ def test_poll_covers_for_a_lost_listener(pg_url: str) -> None:
 
     async def main() -> None:
         async with open_pg(pg_url, poll_interval=0.05) as reader, open_pg(pg_url) as writer:
-            pid = reader._listener.get_server_pid()
-            async with writer.transaction() as tx:
-                assert await tx.execute("SELECT pg_terminate_backend($1)", [pid]) == [(True,)]
             received: List[Any] = []
 
             async def tail() -> None:
@@ -158,6 +155,13 @@ def test_poll_covers_for_a_lost_listener(pg_url: str) -> None:
                         return
 
             tailer = asyncio.ensure_future(tail())
+            for _ in range(500):  # the subscriber waits: its LISTEN connection is open
+                if reader._listener is not None:
+                    break
+                await asyncio.sleep(0.01)
+            pid = reader._listener.get_server_pid()
+            async with writer.transaction() as tx:
+                assert await tx.execute("SELECT pg_terminate_backend($1)", [pid]) == [(True,)]
             for n in range(5):
                 await writer.append("s", [Tick(1, n)], expected_version=n)
                 await asyncio.sleep(0.01)
