@@ -361,6 +361,7 @@ class SQLiteEventStore(EventStore):
     ) -> int:
         check_stream(stream)
         check_expected(expected_version)
+        self._check_not_in_transaction()
         new = self._encode(events, metadata)
         await self._ready()
         async with self._lock:
@@ -370,6 +371,7 @@ class SQLiteEventStore(EventStore):
 
     async def _forget_deliveries(self, positions: Sequence[int]) -> None:
         # published: if a power loss undoes this commit, they are only published again
+        self._check_not_in_transaction()
         await self._ready()
         async with self._lock:
             await self._write(_forget_transaction, self._writer, positions, self.synchronous)

@@ -72,6 +72,7 @@ import importlib
 import json
 import uuid
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from datetime import datetime, timezone
 from typing import (
     Any,
@@ -96,7 +97,8 @@ Row = Tuple[int, str, int, str, str, Any, Any, Any]
 """A stored event as a backend returns it: (position, stream, version, id, type, data,
 metadata, recorded_at); see the module docstring."""
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_WRITING: "ContextVar[Optional[EventStore]]" = ContextVar("mediator_eventsourcing_writing", default=None)
+"""The store whose transaction the current context is inside, if any."""
 
 
 class NewEvent(NamedTuple):
@@ -299,16 +301,36 @@ class EventStore(abc.ABC):
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
-        """One unit of work: committed when the block exits cleanly, else rolled back."""
+        """One unit of work: committed when the block exits cleanly, else rolled back.
+
+        Writers take turns, so code inside a transaction (and tasks or handlers it starts)
+        must not write to the store outside it (it would wait for the transaction that
+        waits for it): that is an ``EventStoreError``; write through the transaction.
+        """
+        self._check_not_in_transaction()
         await self._ready()
         tx = await self._begin()
+        token = _WRITING.set(self)
         try:
             yield tx
         except BaseException:
             await asyncio.shield(tx.rollback())
             raise
+        finally:
+            _WRITING.reset(token)
         await tx.commit()
         self._committed()
+
+    def _check_not_in_transaction(self) -> None:
+        """Refuse a write from inside one of this store's own transactions: by the task
+        that holds it, or one started (or handler run) from inside it, which the
+        transaction may be waiting for. Backends' ``append`` overrides call it too."""
+        if _WRITING.get() is self:
+            raise EventStoreError(
+                f"{self!r}: a write inside one of its own transactions would wait for that "
+                "transaction to end (a projection handler saving an aggregate?); write through the "
+                "transaction you hold (the injected `transaction`), or after it"
+            )
 
     async def append(
         self,

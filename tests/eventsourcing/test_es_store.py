@@ -292,6 +292,59 @@ def test_a_cancelled_transaction_leaves_nothing_and_the_store_usable(store):
     run(main())
 
 
+def test_a_write_inside_the_tasks_own_transaction_is_a_clear_error_not_a_deadlock(store):
+    async def main():
+        async with store:
+            go = asyncio.Event()
+
+            async def later():  # a task of its own: waits for its turn
+                await go.wait()
+                return await store.append("b", [Deposited(2)], expected_version=0)
+
+            other = asyncio.ensure_future(later())
+            async with store.transaction() as tx:
+                with pytest.raises(EventStoreError, match="inside one of its own transactions"):
+                    await asyncio.wait_for(store.append("a", [Deposited(1)], expected_version=0), 5)
+
+                async def nested():
+                    async with store.transaction():
+                        pass
+
+                with pytest.raises(EventStoreError, match="inside one of its own transactions"):
+                    await asyncio.wait_for(nested(), 5)
+                go.set()
+                await asyncio.sleep(0.01)
+                await tx.append("a", store._encode([Deposited(1)], None), 0)
+                assert not other.done()
+            assert await asyncio.wait_for(other, 10) == 1
+            assert (await store.version("a"), await store.version("b")) == (1, 1)
+
+    run(main())
+
+
+def test_a_projection_handler_saving_through_a_repository_is_a_clear_error(store):
+    from mediator.event import LocalEventBus
+    from mediator.eventsourcing import Subscription
+
+    async def main():
+        async with store:
+            await store.append("a", [Deposited(1)], expected_version=0)
+            bus = LocalEventBus()
+
+            async def saga(event: Deposited) -> None:  # writes outside the subscription's transaction
+                await asyncio.sleep(0)
+                await store.append("b", [Deposited(event.amount)], expected_version=None)
+
+            bus.register(saga)
+            with pytest.raises(Exception) as info:
+                await asyncio.wait_for(Subscription(store, bus, name="saga").catch_up(), 10)
+            errors = getattr(info.value, "exceptions", (info.value,))
+            assert any(isinstance(e, EventStoreError) and "own transactions" in str(e) for e in errors), errors
+            assert await store.version("b") == 0 and await store.checkpoint("saga") == 0
+
+    run(main())
+
+
 def test_open_store_urls(tmp_path):
     from mediator.eventsourcing.memory import MemoryEventStore
     from mediator.eventsourcing.sqlite import SQLiteEventStore
