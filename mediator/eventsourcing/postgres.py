@@ -484,6 +484,7 @@ class PostgresEventStore(EventStore):
         the events' ids are made by the server, ``gen_random_uuid()``)."""
         check_stream(stream)
         check_expected(expected_version)
+        self._check_not_in_transaction()
         if isinstance(events, (str, bytes)) or not isinstance(events, Iterable):
             raise TypeError(f"events must be an iterable of event objects, got {events!r}")
         meta = encode_metadata(metadata)
@@ -521,6 +522,7 @@ class PostgresEventStore(EventStore):
         longer costs a disk flush per save."""
         if not positions:
             return
+        self._check_not_in_transaction()
         if not self._opened or self._closed:
             await self._ready()
         async with self._pool.acquire() as connection:
