@@ -84,6 +84,12 @@ bench: $(VENV)/.installed $(PYPY_VENV)/.installed
 bench-peers: $(VENV)/.installed
 	$(VENV)/bin/python benchmarks/peers.py --python $(VENV)/bin/python
 
+# The event store against eventsourcing 9.5.6 and raw driver loops, on SQLite and the local
+# PostgreSQL (MEDIATOR_BENCH_POSTGRES, default postgresql://postgres@127.0.0.1:5432/postgres).
+bench-store: $(VENV)/.installed
+	$(VENV)/bin/pip install -q -r benchmarks/requirements-store.txt
+	$(VENV)/bin/python benchmarks/store.py --rounds 5
+
 # The pure engine's hooked path against the least each dispatch design can cost (needs valgrind).
 bench-hooks: $(VENV)/.installed
 	$(VENV)/bin/python benchmarks/hook_designs.py --instructions

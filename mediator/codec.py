@@ -125,6 +125,7 @@ class Codec:
         self._entries: Dict[type, _Entry] = {}
         self._names: Dict[str, _Entry] = {}
         self._upcasters: Dict[Tuple[str, int], Upcaster] = {}
+        self._decoders: Dict[str, Callable[[Any], Any]] = {}  # type string -> its decoder
         self._encoder = msgspec.json.Encoder(enc_hook=_enc_hook) if msgspec is not None else None
         self.register_all(classes)
 
@@ -163,6 +164,7 @@ class Codec:
                 self._entries.pop(other.cls, None)
             self._names[key] = entry
         self._entries[cls] = entry
+        self._decoders.clear()
         return cls
 
     def register_all(self, classes: Iterable[type]) -> None:
@@ -242,6 +244,12 @@ class Codec:
 
     def decode(self, type_string: str, payload: bytes) -> Any:
         """The event stored as ``payload`` under ``type_string``."""
+        fast = self._decoders.get(type_string)  # a current-version type seen before
+        if fast is not None:
+            try:
+                return fast(payload)
+            except Exception:  # the full path below raises the clear error
+                pass
         entry, version = self._lookup(type_string)
         cls = entry.cls
         if version > entry.version:
@@ -254,7 +262,9 @@ class Codec:
             payload = bytes(payload)
         try:
             if version == entry.version:
-                return self._decode_current(entry, payload)
+                event = self._decode_current(entry, payload)
+                self._decoders[type_string] = self._current_decoder(entry)
+                return event
             data = self._loads(payload)
             for step in range(version, entry.version):
                 upcast = self._upcasters.get((entry.name, step))
@@ -292,6 +302,15 @@ class Codec:
                 decoder = entry.decoder = msgspec.json.Decoder(cls)
             return decoder.decode(payload)
         return _jsonconv.convert(json.loads(payload), cls)
+
+    def _current_decoder(self, entry: _Entry) -> Callable[[Any], Any]:
+        """What ``_decode_current`` does for ``entry``, as one callable (the fast path)."""
+        cls: Any = entry.cls
+        if _is_pydantic(cls):
+            return cls.model_validate_json
+        if msgspec is not None and entry.decoder is not None:
+            return entry.decoder.decode
+        return lambda payload: _jsonconv.convert(json.loads(payload), cls)
 
     def _convert(self, cls: Any, data: Any) -> Any:
         if _is_pydantic(cls):

@@ -281,3 +281,27 @@ def test_event_type_checks_its_arguments(bad, error):
 def test_the_default_codec_is_one_instance():
     assert isinstance(codec_module.codec, Codec)
     assert codec_module.codec is codec_module.codec
+
+
+def test_decoding_a_type_seen_before_still_checks_and_follows_registration(make_codec):
+    """The per-type-string decoder kept after a first decode (the load path's fast path)
+    gives the same errors as the first decode and follows a re-registration."""
+    codec = make_codec([Line])
+    type_string = codec.type_of(Line)
+    good = codec.encode(Line("a", 2, decimal.Decimal("1.5")))[1]
+    assert codec.decode(type_string, good) == Line("a", 2, decimal.Decimal("1.5"))
+    for payload in (b"not json", b'{"sku": "a", "price": "1"}'):
+        with pytest.raises(DecodeError, match=rf"cannot decode '{type_string}' as .*Line") as info:
+            codec.decode(type_string, payload)
+        assert info.value.type_name == type_string
+    assert codec.decode(type_string, memoryview(good)) == Line("a", 2, decimal.Decimal("1.5"))
+
+    @dataclasses.dataclass(frozen=True)
+    class Reloaded:  # the same class defined again (a module reload): the new one wins
+        sku: str
+        quantity: int
+        price: decimal.Decimal
+
+    Reloaded.__qualname__, Reloaded.__module__ = Line.__qualname__, Line.__module__
+    codec.register(Reloaded)
+    assert type(codec.decode(type_string, good)) is Reloaded

@@ -87,3 +87,12 @@ def child_env() -> Dict[str, str]:
 def python() -> str:
     """The interpreter running the tests (children run on the same one)."""
     return sys.executable
+
+
+def pytest_collection_modifyitems(config: Any, items: List[Any]) -> None:
+    """The PostgreSQL tests are deselected where the backend cannot run (PyPy)."""
+    try:
+        from pg_backend import deselect_unavailable  # type: ignore[import-not-found]
+    except ImportError:  # pragma: no cover - depends on the branch
+        return
+    deselect_unavailable(config, items)
