@@ -1066,6 +1066,9 @@ cdef class EventDispatcher:
             except (Exception, asyncio.CancelledError) as error:  # a cancellation its own: nothing can cancel a sync step
                 errors = _failed(self, errors, error, obj, route)
                 continue
+            except BaseException:  # SystemExit, KeyboardInterrupt...: the publish ends with it
+                _abandon(self, None, obj, errors)
+                raise
             if task is not None:
                 errors = await _collect(self, [(task, route)], obj, errors)
         return errors
@@ -1223,6 +1226,9 @@ cdef object _publish_start(object owner, object obj, object argument, int *finis
         except (Exception, asyncio.CancelledError) as error:  # a cancellation its own: nothing can cancel a sync step
             errors = _failed(self, errors, error, obj, route)
             continue
+        except BaseException:  # SystemExit, KeyboardInterrupt...: the publish ends with it
+            _abandon(self, pending, obj, errors)
+            raise
         if task is not None:
             if pending is None:
                 pending = []
@@ -1285,18 +1291,25 @@ async def _collect(EventDispatcher dispatcher, list pending, obj, list errors):
     try:
         await asyncio.wait([task for task, _ in pending])
     except BaseException:
-        for failure, route in errors or ():
-            dispatcher._handler_failed(failure, obj, route)
-        for task, route in pending:
-            dispatcher._tasks[task] = (obj, route)
-            task.add_done_callback(dispatcher._task_done)
-            dispatcher._cancel_run(task)
+        _abandon(dispatcher, pending, obj, errors)
         raise
     for task, route in pending:
         error = _outcome(task, dispatcher._bus_cancelled)
         if error is not None:
             errors = _failed(dispatcher, errors, error, obj, route)
     return errors
+
+
+cdef void _abandon(EventDispatcher dispatcher, list pending, obj, list errors) except *:
+    """A publish ending early (cancelled, or a handler's SystemExit, KeyboardInterrupt...):
+    its failures so far go to the bus's failure report, its suspended runs become the bus's
+    background runs, cancelled, so none is left unsupervised and no failure is lost."""
+    for failure, route in errors or ():
+        dispatcher._handler_failed(failure, obj, route)
+    for task, route in pending or ():
+        dispatcher._tasks[task] = (obj, route)
+        task.add_done_callback(dispatcher._task_done)
+        dispatcher._cancel_run(task)
 
 
 cdef list _failed(EventDispatcher dispatcher, list errors, error, obj, route):

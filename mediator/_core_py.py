@@ -6,6 +6,7 @@ the handler call. ``mediator._engine`` picks this module or the compiled one.
 """
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Mapping
 from contextvars import copy_context
@@ -421,7 +422,8 @@ async def _unwrap(route: PipelineRoute, pipeline: Callable[[ActionSubject], Any]
     try:
         result = await awaitable
     except TypeError:
-        if not hasattr(type(awaitable), "__await__"):  # the stack's own return, not a handler's error
+        # the stack's own return, not a handler's error (a generator-based coroutine is awaitable)
+        if not inspect.isawaitable(awaitable):
             raise _not_awaitable(route, awaitable) from None
         raise
     if type(result) is not ActionResult and not isinstance(result, ActionResult):  # type(): the cheaper call
@@ -639,6 +641,9 @@ class EventDispatcher:
                 except (Exception, asyncio.CancelledError) as error:  # a cancellation its own: nothing can cancel a sync step
                     errors = _failed(self, errors, error, obj, route)
                     continue
+                except BaseException:  # SystemExit, KeyboardInterrupt...: the publish ends with it
+                    _abandon(self, pending, obj, errors)
+                    raise
                 # It suspended: a task carries it on from where it stopped.
                 if pending is None:
                     pending = []
@@ -675,6 +680,9 @@ class EventDispatcher:
             except (Exception, asyncio.CancelledError) as error:  # a cancellation its own: nothing can cancel a sync step
                 errors = _failed(self, errors, error, obj, route)
                 continue
+            except BaseException:  # SystemExit, KeyboardInterrupt...: the publish ends with it
+                _abandon(self, None, obj, errors)
+                raise
             if task is not None:
                 errors = await _collect(self, [(task, route)], obj, errors)
         return errors
@@ -811,18 +819,25 @@ async def _collect(dispatcher: EventDispatcher, pending: list, obj: Any, errors:
     try:
         await asyncio.wait([task for task, _ in pending])
     except BaseException:
-        for failure, route in errors or ():
-            dispatcher._handler_failed(failure, obj, route)
-        for task, route in pending:
-            dispatcher._tasks[task] = (obj, route)
-            task.add_done_callback(dispatcher._task_done)
-            dispatcher._cancel_run(task)
+        _abandon(dispatcher, pending, obj, errors)
         raise
     for task, route in pending:
         error = _outcome(task, dispatcher._bus_cancelled)
         if error is not None:
             errors = _failed(dispatcher, errors, error, obj, route)
     return errors
+
+
+def _abandon(dispatcher: EventDispatcher, pending: Optional[list], obj: Any, errors: Optional[list]) -> None:
+    """A publish ending early (cancelled, or a handler's SystemExit, KeyboardInterrupt...):
+    its failures so far go to the bus's failure report, its suspended runs become the bus's
+    background runs, cancelled, so none is left unsupervised and no failure is lost."""
+    for failure, route in errors or ():
+        dispatcher._handler_failed(failure, obj, route)
+    for task, route in pending or ():
+        dispatcher._tasks[task] = (obj, route)
+        task.add_done_callback(dispatcher._task_done)
+        dispatcher._cancel_run(task)
 
 
 def _failed(

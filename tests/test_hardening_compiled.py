@@ -485,6 +485,18 @@ def test_a_generator_based_coroutine_is_a_modifier_layer():
     assert run(bus.execute(Ask())) == "ask:generator"
 
 
+async def refuses(ask: Ask, tag: str = "none"):
+    await asyncio.sleep(0)
+    raise TypeError(f"{ask.name} refused")
+
+
+def test_a_handler_type_error_through_a_generator_based_layer_is_the_handler_s():
+    bus = LocalRequestBus(modifiers=[GeneratorLayer()])
+    bus.register(refuses)
+    with pytest.raises(TypeError, match="^ask refused$"):
+        run(bus.execute(Ask()))
+
+
 def test_a_generator_based_coroutine_is_a_publish_strategy():
     bus = LocalEventBus()
     seen = []

@@ -712,6 +712,48 @@ def test_cancelling_a_concurrent_publish_cancels_its_suspended_handlers():
     assert errors.calls == []
 
 
+class Fatal(BaseException):
+    """Neither an Exception nor a cancellation: SystemExit, KeyboardInterrupt and the like."""
+
+
+@pytest.mark.parametrize("strategy", ["concurrent", "sequential"])
+def test_a_handler_base_exception_ends_an_awaited_publish_without_orphaning_its_runs(strategy):
+    log = []
+    errors = Errors()
+    bus = LocalEventBus(strategy=strategy, on_error=errors)
+
+    def failing(event: Evt):
+        raise Flaky("before")
+
+    def fatal(event: Evt):
+        raise Fatal("stop")
+
+    async def main():
+        never = asyncio.Event()
+        bus.register(failing)
+        bus.register(gated(log, "a", never))
+        bus.register(fatal)
+        publishing = asyncio.ensure_future(bus.publish(Evt(1)))
+        if strategy == "sequential":  # the gated run waits: the publish is cancelled there
+            await settle()
+            assert log == [("a", "start", 1)]
+            never.set()
+        with pytest.raises(Fatal, match="stop"):
+            await within(publishing)
+        await within(bus.drain())
+        assert bus.pending == 0
+        never.set()
+        await settle()
+
+    run(main())
+    if strategy == "concurrent":  # the suspended run was stopped, on the bus's account
+        assert ("a", "end", 1) not in log
+    else:
+        assert log == [("a", "start", 1), ("a", "end", 1)]
+    # the failure seen before the BaseException is not lost
+    assert [(type(error), fn) for error, _, fn in errors.calls] == [(Flaky, failing)]
+
+
 def test_background_runs_survive_the_cancellation_of_their_publisher():
     log = []
     bus = LocalEventBus()
