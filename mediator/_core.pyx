@@ -350,7 +350,7 @@ cdef class Invoker:
         included): the call is the start of a deferred relay.
         """
         if not isinstance(action, ActionSubject):
-            return _raise(_not_an_action(self.fn, action))
+            return mediator_deferred(_raise_start, self, _not_an_action(self.fn, action), None, NULL, NULL, self._name)
         return mediator_deferred(_invoker_action_start, self, action, None, _action_result, NULL, self._name)
 
 
@@ -423,6 +423,7 @@ cdef class _BaseRoute:
 
     cdef readonly object handler
     cdef object _direct
+    cdef bytes _name  # what the warning of a dispatch never awaited calls it: the handler
     cdef bint _ignores_inject
     cdef frozenset _kw_names  # injected names _direct takes as they are (None: see _kw_all)
     cdef bint _kw_all  # _direct takes any injected name as it is, but _kw_exclude
@@ -472,7 +473,6 @@ cdef class Route(_BaseRoute):
     cdef tuple _afters
     cdef tuple _errors
     cdef bint _wraps
-    cdef bytes _name  # what the warning of a dispatch never awaited calls it
 
     def __init__(self, handler, Invoker invoker, tuple befores=(), tuple afters=(), tuple errors=()):
         self.handler = handler
@@ -558,30 +558,35 @@ cdef class PipelineRoute(_BaseRoute):
     def __init__(self, handler, pipeline):
         self.handler = handler
         self.pipeline = pipeline
+        self._name = _name_of(getattr(handler, "fn", handler))
         self._stream = getattr(handler, "kind", None) == "stream"
         self._inline = getattr(handler, "kind", None) == "sync"
 
     cdef object _invoke(self, object subject, dict inject):
-        """A failure of the stack's call is raised where the result is awaited, not here."""
+        """The stack is called when the dispatch is first awaited, as in an ``async def``
+        (which a dispatch dropped unawaited names in its warning: the handler)."""
         global _spare_action
         cdef ActionSubject action = _spare_action
-        cdef PyObject *started
-        cdef PyObject *argument
         if action is not None:
             _spare_action = None
         else:
             action = ActionSubject.__new__(ActionSubject)
-        argument = <PyObject *>action
         action.subject = subject
         action._inject = inject
         action._unmade = inject is None
-        started = mediator_vectorcall(self.pipeline, &argument, 1, NULL)
-        if started == NULL:
-            return _raise_pending()
-        awaitable = mediator_own(started)
-        if not mediator_is_awaitable(awaitable):
-            return _raise(_not_awaitable(self, awaitable))
-        return mediator_relay(awaitable, self, action, _unwrap_result, NULL)
+        return mediator_deferred(_pipeline_start, self, action, None, _unwrap_result, NULL, self._name)
+
+
+cdef object _pipeline_start(object owner, object action, object argument, int *finished):
+    """``PipelineRoute._invoke``'s body, run when first awaited: the stack's call."""
+    cdef PyObject *arg = <PyObject *>action
+    cdef PyObject *started = mediator_vectorcall((<PipelineRoute>owner).pipeline, &arg, 1, NULL)
+    if started == NULL:
+        return raise_pending()  # raised where the dispatch is awaited
+    awaitable = mediator_own(started)
+    if not mediator_is_awaitable(awaitable):
+        raise _not_awaitable(owner, awaitable)
+    return awaitable
 
 
 cdef object _route_action(object owner, object argument):
@@ -591,7 +596,7 @@ cdef object _route_action(object owner, object argument):
     cdef PyObject *awaitable
     cdef PyObject *subject  # borrowed: the action holds it
     if not isinstance(argument, ActionSubject):
-        return _raise(_not_an_action(route.handler, argument))
+        return _raise(_not_an_action(route.handler, argument), route)
     action = <ActionSubject>argument
     if route._direct is not None and (
         action._unmade or route._ignores_inject or action._inject is None
@@ -600,7 +605,7 @@ cdef object _route_action(object owner, object argument):
         subject = <PyObject *>action.subject
         awaitable = mediator_vectorcall(route._direct, &subject, 1, NULL)
         if awaitable == NULL:
-            return _raise_pending()
+            return _raise_pending(route)
         return mediator_relay(mediator_own(awaitable), None, None, _action_result, NULL)
     return _route_action_planned(route, action)
 
@@ -706,7 +711,16 @@ cdef object _hooks_failed(object route, object subject, object error):
     return (<Route>route)._unwind(len((<Route>route)._errors), subject, None, error)
 
 
-async def _raise(error):
+cdef object _raise(error, object route=None):
+    """A dispatch that can only fail: ``error`` is raised where it is awaited. Dropped
+    unawaited, it warns as a coroutine would, naming the handler of ``route`` (a
+    ``_BaseRoute``), or the dispatch when there is none."""
+    if route is None:
+        return mediator_deferred(_raise_start, None, error, None, NULL, NULL, b"RequestDispatcher.execute")
+    return mediator_deferred(_raise_start, route, error, None, NULL, NULL, (<_BaseRoute>route)._name)
+
+
+cdef object _raise_start(object owner, object error, object argument, int *finished):
     if isinstance(error, StopIteration):  # as PEP 479 words it for a coroutine (Cython: 'generator')
         try:
             raise error
@@ -892,7 +906,7 @@ cdef object _execute(object self, PyObject **args, Py_ssize_t nargs, PyObject *k
     else:
         return _execute_planned(route, args, kwnames)
     if awaitable == NULL:
-        return _raise_pending()
+        return _raise_pending(route)
     return mediator_own(awaitable)
 
 
@@ -937,18 +951,18 @@ cdef object _execute_with(_BaseRoute route, object obj, dict inject):
         if route._direct is not None and (not inject or route._ignores_inject):
             return route._direct(obj)
         if route._stream:
-            return _raise(_stream_misuse(route, obj))
+            return _raise(_stream_misuse(route, obj), route)
         return route._invoke(obj, inject)
     except Exception as error:  # raise at await time, as an async call would
-        return _raise(error)
+        return _raise(error, route)
 
 
-cdef object _raise_pending():
+cdef object _raise_pending(object route=None):
     """A call just failed (the error is set): an ``Exception`` is raised at await time."""
     try:
         raise_pending()
     except Exception as error:
-        return _raise(error)
+        return _raise(error, route)
 
 
 mediator_install_method(RequestDispatcher, <void *>_execute, _signatures.RequestDispatcher.execute)

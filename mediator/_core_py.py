@@ -452,6 +452,18 @@ async def _raise(error: BaseException) -> Any:
     raise error
 
 
+# A dispatch that can only fail, with no handler to name: a warning if it is never awaited
+# names the call, as a coroutine of an ``async def execute`` would.
+_raise_unrouted = _named(_raise, "RequestDispatcher.execute")
+
+
+def _raise_for(route: Any, error: BaseException) -> Any:
+    """A dispatch of ``route`` that can only fail: named after its handler (error path only)."""
+    invoker = getattr(route, "invoker", None)
+    fn = invoker.fn if invoker is not None else getattr(route.handler, "fn", route.handler)
+    return _named(_raise, _name_of(fn))(error)
+
+
 def _stream_misuse(route: Any, obj: Any) -> TypeError:
     return TypeError(f"{safe_repr(route.handler)} answers {type(obj).__name__} with a stream: use bus.stream(request)")
 
@@ -477,7 +489,7 @@ class RequestDispatcher:
         except KeyError:
             route = self._resolve(type(obj)) if self._polymorphic else None
             if route is None:
-                return _raise(self._missing(obj))
+                return _raise_unrouted(self._missing(obj))
         try:
             fn = route._direct  # the handler function, when fn(subject) is the whole call
             if fn is not None:
@@ -503,9 +515,9 @@ class RequestDispatcher:
                 action.inject = inject
                 unwrap = route._unwrap  # read as a value: a slot read as a method is the slow lookup
                 return unwrap(route, fn, action)
-            return _raise(_stream_misuse(route, obj))  # neither: a stream's route
+            return _raise_for(route, _stream_misuse(route, obj))  # neither: a stream's route
         except Exception as error:  # raise at await time, as an async call would
-            return _raise(error)
+            return _raise_for(route, error)
 
     def _route_set(self, key: Any, route: Any) -> None:
         self._registered[key] = route
