@@ -1133,6 +1133,10 @@ cdef class EventDispatcher:
                 if self._closed:
                     raise self._closed_error(obj)
         self._spawn(group, obj, inject)
+        if self._slot_waiters and len(self._tasks) < self._max_pending:
+            # room left (its handlers finished at once, or failed to start): pass it on, as
+            # only a run finishing wakes a waiter otherwise, and the next would wait forever
+            self._wake_slot_waiter()
 
     def _wake_slot_waiters(self):
         """Wake every publish waiting for room (the bus is closing: they will find it closed)."""

@@ -754,6 +754,31 @@ def test_a_handler_base_exception_ends_an_awaited_publish_without_orphaning_its_
     assert [(type(error), fn) for error, _, fn in errors.calls] == [(Flaky, failing)]
 
 
+def test_max_pending_room_left_unused_by_a_woken_publisher_passes_to_the_next():
+    """A publisher given room whose handlers need no task (they finish, or fail to bind,
+    at once) leaves it free: the next waiting publisher must get it, not wait forever."""
+    seen = []
+    bus = LocalEventBus(max_pending=1)
+
+    async def slow(event: Evt):
+        await settle()
+        seen.append(("slow", event.value))
+
+    def quick(event: Other):
+        seen.append(("quick", event.value))
+
+    bus.register(slow)
+    bus.register(quick)
+
+    async def main():
+        await bus.publish(Evt(0))  # holds the one place for a few turns
+        await within(asyncio.gather(bus.publish(Other(1)), bus.publish(Other(2)), bus.publish(Evt(3))))
+        await within(bus.drain())
+
+    run(main())
+    assert sorted(seen) == [("quick", 1), ("quick", 2), ("slow", 0), ("slow", 3)]
+
+
 def test_background_runs_survive_the_cancellation_of_their_publisher():
     log = []
     bus = LocalEventBus()
