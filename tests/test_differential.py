@@ -40,14 +40,7 @@ from hypothesis import strategies as st
 # keeps the generator away from the program feature that hits the item it names, so this
 # test passes on main meanwhile. Empty this set as the fixes land (then it must pass).
 # --------------------------------------------------------------------------------------
-KNOWN: Dict[str, str] = {
-    "await-in-except": (
-        "item 6 (compiled): a hooked dispatch awaited in an except block takes the caller's error "
-        "as context. Still open with the core-a and core-b fixes merged (checked 2026-12-05): a "
-        "hooked handler that suspends in a custom strategy's run.start() and then raises gets the "
-        "publisher's handled error as __context__ on compiled, none on pure (it resumed in a task)"
-    ),
-}
+KNOWN: Dict[str, str] = {}  # empty: every divergence found so far is fixed
 
 
 # MEDIATOR_FUZZ_KNOWN_OFF=name,name (or "all") generates those features anyway: to check a fix.
