@@ -87,6 +87,8 @@ cdef extern from *:
     object raise_pending()
 
 cdef extern from *:
+    void PyErr_Restore(PyObject *type, PyObject *value, PyObject *traceback)
+    void Py_INCREF(object o)
     object PyObject_Vectorcall(object callable, PyObject **args, size_t nargsf, PyObject *kwnames)
     # The same call through the callable's own vectorcall slot, its result unchecked:
     # NULL (with the error set) is the caller's to handle.
@@ -104,6 +106,10 @@ cdef extern from "_relay.h":
     object mediator_deferred(
         mediator_start_fn start, object owner, object subject, object argument,
         mediator_relay_fn on_return, mediator_relay_fn on_error, const char *what
+    )
+    object mediator_relay_named(
+        object inner, object owner, object subject, mediator_relay_fn on_return, mediator_relay_fn on_error,
+        const char *what
     )
     int mediator_relay_ready() except -1
     bint mediator_is_awaitable(object o)
@@ -563,30 +569,27 @@ cdef class PipelineRoute(_BaseRoute):
         self._inline = getattr(handler, "kind", None) == "sync"
 
     cdef object _invoke(self, object subject, dict inject):
-        """The stack is called when the dispatch is first awaited, as in an ``async def``
-        (which a dispatch dropped unawaited names in its warning: the handler)."""
+        """A failure of the stack's call is raised where the result is awaited, not here.
+        Dropped unawaited, the dispatch warns naming the handler (not the outermost layer)."""
         global _spare_action
         cdef ActionSubject action = _spare_action
+        cdef PyObject *started
+        cdef PyObject *argument
         if action is not None:
             _spare_action = None
         else:
             action = ActionSubject.__new__(ActionSubject)
+        argument = <PyObject *>action
         action.subject = subject
         action._inject = inject
         action._unmade = inject is None
-        return mediator_deferred(_pipeline_start, self, action, None, _unwrap_result, NULL, self._name)
-
-
-cdef object _pipeline_start(object owner, object action, object argument, int *finished):
-    """``PipelineRoute._invoke``'s body, run when first awaited: the stack's call."""
-    cdef PyObject *arg = <PyObject *>action
-    cdef PyObject *started = mediator_vectorcall((<PipelineRoute>owner).pipeline, &arg, 1, NULL)
-    if started == NULL:
-        return raise_pending()  # raised where the dispatch is awaited
-    awaitable = mediator_own(started)
-    if not mediator_is_awaitable(awaitable):
-        raise _not_awaitable(owner, awaitable)
-    return awaitable
+        started = mediator_vectorcall(self.pipeline, &argument, 1, NULL)
+        if started == NULL:
+            return _raise_pending(self)
+        awaitable = mediator_own(started)
+        if not mediator_is_awaitable(awaitable):
+            return _raise(_not_awaitable(self, awaitable), self)
+        return mediator_relay_named(awaitable, self, action, _unwrap_result, NULL, self._name)
 
 
 cdef object _route_action(object owner, object argument):
@@ -722,10 +725,16 @@ cdef object _raise(error, object route=None):
 
 cdef object _raise_start(object owner, object error, object argument, int *finished):
     if isinstance(error, StopIteration):  # as PEP 479 words it for a coroutine (Cython: 'generator')
-        try:
-            raise error
-        except StopIteration:
-            raise RuntimeError("coroutine raised StopIteration") from error
+        replaced = RuntimeError("coroutine raised StopIteration")
+        replaced.__cause__ = error
+        replaced.__context__ = error
+        # set as it is, no chaining (as PEP 479's replacement; no try block here either: a
+        # try's exception save is inlined in _publish_start's loop only while it has few users)
+        cls = type(replaced)
+        Py_INCREF(cls)  # references PyErr_Restore takes over
+        Py_INCREF(replaced)
+        PyErr_Restore(<PyObject *>cls, <PyObject *>replaced, NULL)
+        return raise_pending()
     raise error
 
 
