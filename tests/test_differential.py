@@ -40,7 +40,14 @@ from hypothesis import strategies as st
 # keeps the generator away from the program feature that hits the item it names, so this
 # test passes on main meanwhile. Empty this set as the fixes land (then it must pass).
 # --------------------------------------------------------------------------------------
-KNOWN: Dict[str, str] = {}  # empty: every divergence found so far is fixed
+KNOWN: Dict[str, str] = {
+    "await-in-except": (
+        "item 6 (still open, found by random seeds, not the CI seed): a handler behind "
+        "modifiers=[retry(2), Hook(after=...)] on an event bus that suspends and then raises, in a "
+        "concurrent publish awaited in an except block: the __context__ chain of its error "
+        "differs between the engines (the publisher's handled error appears on one only)"
+    ),
+}
 
 
 # MEDIATOR_FUZZ_KNOWN_OFF=name,name (or "all") generates those features anyway: to check a fix.
