@@ -87,6 +87,8 @@ cdef extern from *:
     object raise_pending()
 
 cdef extern from *:
+    void PyErr_Restore(PyObject *type, PyObject *value, PyObject *traceback)
+    void Py_INCREF(object o)
     object PyObject_Vectorcall(object callable, PyObject **args, size_t nargsf, PyObject *kwnames)
     # The same call through the callable's own vectorcall slot, its result unchecked:
     # NULL (with the error set) is the caller's to handle.
@@ -104,6 +106,10 @@ cdef extern from "_relay.h":
     object mediator_deferred(
         mediator_start_fn start, object owner, object subject, object argument,
         mediator_relay_fn on_return, mediator_relay_fn on_error, const char *what
+    )
+    object mediator_relay_named(
+        object inner, object owner, object subject, mediator_relay_fn on_return, mediator_relay_fn on_error,
+        const char *what
     )
     int mediator_relay_ready() except -1
     bint mediator_is_awaitable(object o)
@@ -350,7 +356,7 @@ cdef class Invoker:
         included): the call is the start of a deferred relay.
         """
         if not isinstance(action, ActionSubject):
-            return _raise(_not_an_action(self.fn, action))
+            return mediator_deferred(_raise_start, self, _not_an_action(self.fn, action), None, NULL, NULL, self._name)
         return mediator_deferred(_invoker_action_start, self, action, None, _action_result, NULL, self._name)
 
 
@@ -423,6 +429,7 @@ cdef class _BaseRoute:
 
     cdef readonly object handler
     cdef object _direct
+    cdef bytes _name  # what the warning of a dispatch never awaited calls it: the handler
     cdef bint _ignores_inject
     cdef frozenset _kw_names  # injected names _direct takes as they are (None: see _kw_all)
     cdef bint _kw_all  # _direct takes any injected name as it is, but _kw_exclude
@@ -472,7 +479,6 @@ cdef class Route(_BaseRoute):
     cdef tuple _afters
     cdef tuple _errors
     cdef bint _wraps
-    cdef bytes _name  # what the warning of a dispatch never awaited calls it
 
     def __init__(self, handler, Invoker invoker, tuple befores=(), tuple afters=(), tuple errors=()):
         self.handler = handler
@@ -558,11 +564,13 @@ cdef class PipelineRoute(_BaseRoute):
     def __init__(self, handler, pipeline):
         self.handler = handler
         self.pipeline = pipeline
+        self._name = _name_of(getattr(handler, "fn", handler))
         self._stream = getattr(handler, "kind", None) == "stream"
         self._inline = getattr(handler, "kind", None) == "sync"
 
     cdef object _invoke(self, object subject, dict inject):
-        """A failure of the stack's call is raised where the result is awaited, not here."""
+        """A failure of the stack's call is raised where the result is awaited, not here.
+        Dropped unawaited, the dispatch warns naming the handler (not the outermost layer)."""
         global _spare_action
         cdef ActionSubject action = _spare_action
         cdef PyObject *started
@@ -577,11 +585,11 @@ cdef class PipelineRoute(_BaseRoute):
         action._unmade = inject is None
         started = mediator_vectorcall(self.pipeline, &argument, 1, NULL)
         if started == NULL:
-            return _raise_pending()
+            return _raise_pending(self)
         awaitable = mediator_own(started)
         if not mediator_is_awaitable(awaitable):
-            return _raise(_not_awaitable(self, awaitable))
-        return mediator_relay(awaitable, self, action, _unwrap_result, NULL)
+            return _raise(_not_awaitable(self, awaitable), self)
+        return mediator_relay_named(awaitable, self, action, _unwrap_result, NULL, self._name)
 
 
 cdef object _route_action(object owner, object argument):
@@ -591,7 +599,7 @@ cdef object _route_action(object owner, object argument):
     cdef PyObject *awaitable
     cdef PyObject *subject  # borrowed: the action holds it
     if not isinstance(argument, ActionSubject):
-        return _raise(_not_an_action(route.handler, argument))
+        return _raise(_not_an_action(route.handler, argument), route)
     action = <ActionSubject>argument
     if route._direct is not None and (
         action._unmade or route._ignores_inject or action._inject is None
@@ -600,7 +608,7 @@ cdef object _route_action(object owner, object argument):
         subject = <PyObject *>action.subject
         awaitable = mediator_vectorcall(route._direct, &subject, 1, NULL)
         if awaitable == NULL:
-            return _raise_pending()
+            return _raise_pending(route)
         return mediator_relay(mediator_own(awaitable), None, None, _action_result, NULL)
     return _route_action_planned(route, action)
 
@@ -706,12 +714,27 @@ cdef object _hooks_failed(object route, object subject, object error):
     return (<Route>route)._unwind(len((<Route>route)._errors), subject, None, error)
 
 
-async def _raise(error):
+cdef object _raise(error, object route=None):
+    """A dispatch that can only fail: ``error`` is raised where it is awaited. Dropped
+    unawaited, it warns as a coroutine would, naming the handler of ``route`` (a
+    ``_BaseRoute``), or the dispatch when there is none."""
+    if route is None:
+        return mediator_deferred(_raise_start, None, error, None, NULL, NULL, b"RequestDispatcher.execute")
+    return mediator_deferred(_raise_start, route, error, None, NULL, NULL, (<_BaseRoute>route)._name)
+
+
+cdef object _raise_start(object owner, object error, object argument, int *finished):
     if isinstance(error, StopIteration):  # as PEP 479 words it for a coroutine (Cython: 'generator')
-        try:
-            raise error
-        except StopIteration:
-            raise RuntimeError("coroutine raised StopIteration") from error
+        replaced = RuntimeError("coroutine raised StopIteration")
+        replaced.__cause__ = error
+        replaced.__context__ = error
+        # set as it is, no chaining (as PEP 479's replacement; no try block here either: a
+        # try's exception save is inlined in _publish_start's loop only while it has few users)
+        cls = type(replaced)
+        Py_INCREF(cls)  # references PyErr_Restore takes over
+        Py_INCREF(replaced)
+        PyErr_Restore(<PyObject *>cls, <PyObject *>replaced, NULL)
+        return raise_pending()
     raise error
 
 
@@ -892,7 +915,7 @@ cdef object _execute(object self, PyObject **args, Py_ssize_t nargs, PyObject *k
     else:
         return _execute_planned(route, args, kwnames)
     if awaitable == NULL:
-        return _raise_pending()
+        return _raise_pending(route)
     return mediator_own(awaitable)
 
 
@@ -937,18 +960,18 @@ cdef object _execute_with(_BaseRoute route, object obj, dict inject):
         if route._direct is not None and (not inject or route._ignores_inject):
             return route._direct(obj)
         if route._stream:
-            return _raise(_stream_misuse(route, obj))
+            return _raise(_stream_misuse(route, obj), route)
         return route._invoke(obj, inject)
     except Exception as error:  # raise at await time, as an async call would
-        return _raise(error)
+        return _raise(error, route)
 
 
-cdef object _raise_pending():
+cdef object _raise_pending(object route=None):
     """A call just failed (the error is set): an ``Exception`` is raised at await time."""
     try:
         raise_pending()
     except Exception as error:
-        return _raise(error)
+        return _raise(error, route)
 
 
 mediator_install_method(RequestDispatcher, <void *>_execute, _signatures.RequestDispatcher.execute)
@@ -1066,6 +1089,9 @@ cdef class EventDispatcher:
             except (Exception, asyncio.CancelledError) as error:  # a cancellation its own: nothing can cancel a sync step
                 errors = _failed(self, errors, error, obj, route)
                 continue
+            except BaseException:  # SystemExit, KeyboardInterrupt...: the publish ends with it
+                _abandon(self, None, obj, errors)
+                raise
             if task is not None:
                 errors = await _collect(self, [(task, route)], obj, errors)
         return errors
@@ -1116,6 +1142,10 @@ cdef class EventDispatcher:
                 if self._closed:
                     raise self._closed_error(obj)
         self._spawn(group, obj, inject)
+        if self._slot_waiters and len(self._tasks) < self._max_pending:
+            # room left (its handlers finished at once, or failed to start): pass it on, as
+            # only a run finishing wakes a waiter otherwise, and the next would wait forever
+            self._wake_slot_waiter()
 
     def _wake_slot_waiters(self):
         """Wake every publish waiting for room (the bus is closing: they will find it closed)."""
@@ -1223,6 +1253,9 @@ cdef object _publish_start(object owner, object obj, object argument, int *finis
         except (Exception, asyncio.CancelledError) as error:  # a cancellation its own: nothing can cancel a sync step
             errors = _failed(self, errors, error, obj, route)
             continue
+        except BaseException:  # SystemExit, KeyboardInterrupt...: the publish ends with it
+            _abandon(self, pending, obj, errors)
+            raise
         if task is not None:
             if pending is None:
                 pending = []
@@ -1285,18 +1318,25 @@ async def _collect(EventDispatcher dispatcher, list pending, obj, list errors):
     try:
         await asyncio.wait([task for task, _ in pending])
     except BaseException:
-        for failure, route in errors or ():
-            dispatcher._handler_failed(failure, obj, route)
-        for task, route in pending:
-            dispatcher._tasks[task] = (obj, route)
-            task.add_done_callback(dispatcher._task_done)
-            dispatcher._cancel_run(task)
+        _abandon(dispatcher, pending, obj, errors)
         raise
     for task, route in pending:
         error = _outcome(task, dispatcher._bus_cancelled)
         if error is not None:
             errors = _failed(dispatcher, errors, error, obj, route)
     return errors
+
+
+cdef void _abandon(EventDispatcher dispatcher, list pending, obj, list errors) except *:
+    """A publish ending early (cancelled, or a handler's SystemExit, KeyboardInterrupt...):
+    its failures so far go to the bus's failure report, its suspended runs become the bus's
+    background runs, cancelled, so none is left unsupervised and no failure is lost."""
+    for failure, route in errors or ():
+        dispatcher._handler_failed(failure, obj, route)
+    for task, route in pending or ():
+        dispatcher._tasks[task] = (obj, route)
+        task.add_done_callback(dispatcher._task_done)
+        dispatcher._cancel_run(task)
 
 
 cdef list _failed(EventDispatcher dispatcher, list errors, error, obj, route):

@@ -6,6 +6,7 @@ the handler call. ``mediator._engine`` picks this module or the compiled one.
 """
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Mapping
 from contextvars import copy_context
@@ -421,7 +422,8 @@ async def _unwrap(route: PipelineRoute, pipeline: Callable[[ActionSubject], Any]
     try:
         result = await awaitable
     except TypeError:
-        if not hasattr(type(awaitable), "__await__"):  # the stack's own return, not a handler's error
+        # the stack's own return, not a handler's error (a generator-based coroutine is awaitable)
+        if not inspect.isawaitable(awaitable):
             raise _not_awaitable(route, awaitable) from None
         raise
     if type(result) is not ActionResult and not isinstance(result, ActionResult):  # type(): the cheaper call
@@ -450,6 +452,18 @@ async def _raise(error: BaseException) -> Any:
     raise error
 
 
+# A dispatch that can only fail, with no handler to name: a warning if it is never awaited
+# names the call, as a coroutine of an ``async def execute`` would.
+_raise_unrouted = _named(_raise, "RequestDispatcher.execute")
+
+
+def _raise_for(route: Any, error: BaseException) -> Any:
+    """A dispatch of ``route`` that can only fail: named after its handler (error path only)."""
+    invoker = getattr(route, "invoker", None)
+    fn = invoker.fn if invoker is not None else getattr(route.handler, "fn", route.handler)
+    return _named(_raise, _name_of(fn))(error)
+
+
 def _stream_misuse(route: Any, obj: Any) -> TypeError:
     return TypeError(f"{safe_repr(route.handler)} answers {type(obj).__name__} with a stream: use bus.stream(request)")
 
@@ -475,7 +489,7 @@ class RequestDispatcher:
         except KeyError:
             route = self._resolve(type(obj)) if self._polymorphic else None
             if route is None:
-                return _raise(self._missing(obj))
+                return _raise_unrouted(self._missing(obj))
         try:
             fn = route._direct  # the handler function, when fn(subject) is the whole call
             if fn is not None:
@@ -501,9 +515,9 @@ class RequestDispatcher:
                 action.inject = inject
                 unwrap = route._unwrap  # read as a value: a slot read as a method is the slow lookup
                 return unwrap(route, fn, action)
-            return _raise(_stream_misuse(route, obj))  # neither: a stream's route
+            return _raise_for(route, _stream_misuse(route, obj))  # neither: a stream's route
         except Exception as error:  # raise at await time, as an async call would
-            return _raise(error)
+            return _raise_for(route, error)
 
     def _route_set(self, key: Any, route: Any) -> None:
         self._registered[key] = route
@@ -639,6 +653,9 @@ class EventDispatcher:
                 except (Exception, asyncio.CancelledError) as error:  # a cancellation its own: nothing can cancel a sync step
                     errors = _failed(self, errors, error, obj, route)
                     continue
+                except BaseException:  # SystemExit, KeyboardInterrupt...: the publish ends with it
+                    _abandon(self, pending, obj, errors)
+                    raise
                 # It suspended: a task carries it on from where it stopped.
                 if pending is None:
                     pending = []
@@ -675,6 +692,9 @@ class EventDispatcher:
             except (Exception, asyncio.CancelledError) as error:  # a cancellation its own: nothing can cancel a sync step
                 errors = _failed(self, errors, error, obj, route)
                 continue
+            except BaseException:  # SystemExit, KeyboardInterrupt...: the publish ends with it
+                _abandon(self, None, obj, errors)
+                raise
             if task is not None:
                 errors = await _collect(self, [(task, route)], obj, errors)
         return errors
@@ -725,6 +745,10 @@ class EventDispatcher:
                 if self._closed:
                     raise self._closed_error(obj)
         self._spawn(group, obj, inject)
+        if self._slot_waiters and len(self._tasks) < self._max_pending:
+            # room left (its handlers finished at once, or failed to start): pass it on, as
+            # only a run finishing wakes a waiter otherwise, and the next would wait forever
+            self._wake_slot_waiter()
 
     def _wake_slot_waiters(self) -> None:
         """Wake every publish waiting for room (the bus is closing: they will find it closed)."""
@@ -811,18 +835,25 @@ async def _collect(dispatcher: EventDispatcher, pending: list, obj: Any, errors:
     try:
         await asyncio.wait([task for task, _ in pending])
     except BaseException:
-        for failure, route in errors or ():
-            dispatcher._handler_failed(failure, obj, route)
-        for task, route in pending:
-            dispatcher._tasks[task] = (obj, route)
-            task.add_done_callback(dispatcher._task_done)
-            dispatcher._cancel_run(task)
+        _abandon(dispatcher, pending, obj, errors)
         raise
     for task, route in pending:
         error = _outcome(task, dispatcher._bus_cancelled)
         if error is not None:
             errors = _failed(dispatcher, errors, error, obj, route)
     return errors
+
+
+def _abandon(dispatcher: EventDispatcher, pending: Optional[list], obj: Any, errors: Optional[list]) -> None:
+    """A publish ending early (cancelled, or a handler's SystemExit, KeyboardInterrupt...):
+    its failures so far go to the bus's failure report, its suspended runs become the bus's
+    background runs, cancelled, so none is left unsupervised and no failure is lost."""
+    for failure, route in errors or ():
+        dispatcher._handler_failed(failure, obj, route)
+    for task, route in pending or ():
+        dispatcher._tasks[task] = (obj, route)
+        task.add_done_callback(dispatcher._task_done)
+        dispatcher._cancel_run(task)
 
 
 def _failed(

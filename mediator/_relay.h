@@ -33,6 +33,7 @@ typedef struct {
     char started;
     char running;
     char fresh;                   /* nothing sent into it yet: as a just-created coroutine */
+    char warn_fresh;              /* a named relay (deferred type, start NULL): warns if dropped fresh */
 } MediatorRelay;
 
 enum { RELAY_ERROR = -1, RELAY_RETURN = 0, RELAY_NEXT = 1 };
@@ -120,6 +121,23 @@ RELAY_INLINE PyObject *mediator_deferred(mediator_start_fn start, PyObject *owne
     self->start = start;
     self->what = what;
     self->started = 0;
+    self->warn_fresh = 0;
+    return (PyObject *)self;
+}
+
+/* A relay of an awaitable already made (a modifier stack's outermost call) that stands for
+   a dispatch as a coroutine would: dropped before its first step it warns, naming `what`
+   (which lives as long as `owner`), and quietly closes the awaitable, whose own warning
+   would name an engine detail (a layer) instead of the handler. */
+RELAY_INLINE PyObject *mediator_relay_named(PyObject *inner, PyObject *owner, PyObject *subject,
+                                      mediator_relay_fn on_return, mediator_relay_fn on_error,
+                                      const char *what)
+{
+    MediatorRelay *self = (MediatorRelay *)mediator_relay(inner, owner, subject, on_return, on_error);
+    if (self == NULL) return NULL;
+    Py_SET_TYPE(self, &MediatorDeferred_Type);
+    self->what = what;
+    self->warn_fresh = 1;
     return (PyObject *)self;
 }
 
@@ -549,6 +567,22 @@ static int relay_clear(MediatorRelay *self)
     return 0;
 }
 
+/* A named relay dropped fresh: what it holds and nothing else does never ran either, and
+   says nothing of its own (a coroutine is closed, a deferred relay forgets its start). */
+static void relay_quiet(PyObject *inner)
+{
+    PyObject *closed;
+    if (inner == NULL || Py_REFCNT(inner) != 1) return;
+    if (PyCoro_CheckExact(inner)) {
+        closed = PyObject_CallMethod(inner, "close", NULL);
+        if (closed == NULL) PyErr_WriteUnraisable(inner);
+        Py_XDECREF(closed);
+    } else if (Py_TYPE(inner) == &MediatorDeferred_Type && !((MediatorRelay *)inner)->running) {
+        ((MediatorRelay *)inner)->start = NULL;
+        ((MediatorRelay *)inner)->warn_fresh = 0;
+    }
+}
+
 /* A deferred relay dropped before it began: its body never ran, as for a coroutine. */
 static void relay_warn_unawaited(MediatorRelay *self)
 {
@@ -559,6 +593,7 @@ static void relay_warn_unawaited(MediatorRelay *self)
     PyObject *type, *value, *traceback;
     PyErr_Fetch(&type, &value, &traceback);
 #endif
+    if (self->start == NULL) relay_quiet(self->inner);  /* a named relay: see mediator_relay_named */
     if (PyErr_WarnFormat(PyExc_RuntimeWarning, 1, "coroutine '%s' was never awaited", what) < 0) {
         PyErr_WriteUnraisable(NULL);
     }
@@ -590,6 +625,8 @@ static void deferred_dealloc(MediatorRelay *self)
     PyObject_GC_UnTrack(self);
     if (self->start != NULL) {
         self->start = NULL;
+        relay_warn_unawaited(self);
+    } else if (self->warn_fresh && self->fresh && self->inner != NULL) {
         relay_warn_unawaited(self);
     }
     Py_SET_TYPE(self, &MediatorRelay_Type);

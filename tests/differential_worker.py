@@ -33,11 +33,14 @@ from mediator.request import LocalRequestBus
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]+")
 _TASK = re.compile(r"Task-[0-9]+")
 _DEFINED = re.compile(r" done, defined at [^>]*>")
+# What a task runs: a coroutine on the pure engine, a relay (no code, no frame) on the compiled one
+_CORO = re.compile(r"coro=<(?:<[^<>]*>|[^<>])*>")
 
 
 def normalise(text: str) -> str:
-    """Blank out what must differ between two processes: object addresses, task numbers."""
-    return _DEFINED.sub(" done>", _TASK.sub("Task-?", _ADDRESS.sub("0x?", text)))
+    """Blank out what must differ between two processes (object addresses, task numbers) and
+    between the engines (what a task's awaitable is)."""
+    return _CORO.sub("coro=<?>", _DEFINED.sub(" done>", _TASK.sub("Task-?", _ADDRESS.sub("0x?", text))))
 
 
 def safe(fn: Any, obj: Any) -> str:

@@ -577,3 +577,35 @@ def test_a_dispatch_through_layers_never_awaited_names_no_engine_internal():
     assert messages  # reported, under the handler's name or its outermost layer's
     for message in messages:
         assert answer.__qualname__ in message or "PassThrough.create.<locals>.layer" in message, message
+
+
+@pytest.mark.parametrize("layers", [1, 3])
+def test_a_dispatch_through_factory_layers_never_awaited_names_its_handler(layers):
+    async def answer(request: Ask):
+        return request.value
+
+    bus = LocalRequestBus(modifiers=[PassThrough() for _ in range(layers)])
+    bus.register(answer)
+    assert unawaited_warnings(lambda: bus.execute(Ask())) == [f"coroutine '{answer.__qualname__}' was never awaited"]
+
+
+class Unrouted:
+    pass
+
+
+def test_a_dispatch_that_can_only_fail_never_awaited_is_reported():
+    async def numbers(request: Ask):
+        yield request.value
+
+    bus = LocalRequestBus()
+    bus.register(numbers)
+    # no handler: the dispatch itself is named, as a coroutine of an async def execute
+    assert unawaited_warnings(lambda: bus.execute(Unrouted())) == [
+        "coroutine 'RequestDispatcher.execute' was never awaited"
+    ]
+    # a stream handler asked through execute: the handler is named
+    assert unawaited_warnings(lambda: bus.execute(Ask())) == [f"coroutine '{numbers.__qualname__}' was never awaited"]
+    with pytest.raises(TypeError, match="bus.stream"):
+        asyncio.run(bus.execute(Ask()))
+    with pytest.raises(LookupHandlerStoreError):
+        asyncio.run(bus.execute(Unrouted()))

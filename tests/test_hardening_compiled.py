@@ -388,6 +388,52 @@ def test_exception_chains_read_as_nested_try_blocks(hooks, in_except):
     assert ("Noted", "the handler failed") in expected or ("LookupError", "refused") in expected
 
 
+@pytest.mark.parametrize(
+    "hook", [Hook(before=lambda subject, inject: None), Hook(error=lambda subject, error: None)], ids=["before", "error"]
+)
+def test_a_run_started_by_a_strategy_in_an_except_block_chains_as_an_awaited_task(hook):
+    """A hooked handler that suspends in a custom strategy's ``run.start()`` and then raises:
+    its error comes out of a task awaited in the publisher's ``except`` block, which (as
+    ``await task`` there does by hand) takes the publisher's handled error as context."""
+    bus = LocalEventBus(strategy="concurrent")
+
+    @bus.register(modifiers=[hook])
+    async def suspends_then_raises(told: Told):
+        await asyncio.sleep(0)
+        raise ValueError("handler")
+
+    async def in_turn(event, runs):
+        for handler_run in runs:
+            await handler_run.start()
+
+    async def by_hand():
+        async def handler():
+            await asyncio.sleep(0)
+            raise ValueError("handler")
+
+        task = asyncio.ensure_future(handler())
+        try:
+            raise KeyError("outer")
+        except KeyError:
+            try:
+                await task
+            except ValueError as error:
+                return error
+
+    async def published():
+        try:
+            raise KeyError("outer")
+        except KeyError:
+            try:
+                await bus.publish(Told(), strategy=in_turn)
+            except ValueError as error:
+                return error
+
+    expected, error = run(by_hand()), run(published())
+    assert str(error) == "handler"
+    assert repr(error.__context__) == repr(expected.__context__) == "KeyError('outer')"
+
+
 # -- 7. a plain-function layer ---------------------------------------------------------------
 
 
@@ -483,6 +529,18 @@ def test_a_generator_based_coroutine_is_a_modifier_layer():
     bus = LocalRequestBus(modifiers=[GeneratorLayer()])
     bus.register(tagged)
     assert run(bus.execute(Ask())) == "ask:generator"
+
+
+async def refuses(ask: Ask, tag: str = "none"):
+    await asyncio.sleep(0)
+    raise TypeError(f"{ask.name} refused")
+
+
+def test_a_handler_type_error_through_a_generator_based_layer_is_the_handler_s():
+    bus = LocalRequestBus(modifiers=[GeneratorLayer()])
+    bus.register(refuses)
+    with pytest.raises(TypeError, match="^ask refused$"):
+        run(bus.execute(Ask()))
 
 
 def test_a_generator_based_coroutine_is_a_publish_strategy():

@@ -712,6 +712,73 @@ def test_cancelling_a_concurrent_publish_cancels_its_suspended_handlers():
     assert errors.calls == []
 
 
+class Fatal(BaseException):
+    """Neither an Exception nor a cancellation: SystemExit, KeyboardInterrupt and the like."""
+
+
+@pytest.mark.parametrize("strategy", ["concurrent", "sequential"])
+def test_a_handler_base_exception_ends_an_awaited_publish_without_orphaning_its_runs(strategy):
+    log = []
+    errors = Errors()
+    bus = LocalEventBus(strategy=strategy, on_error=errors)
+
+    def failing(event: Evt):
+        raise Flaky("before")
+
+    def fatal(event: Evt):
+        raise Fatal("stop")
+
+    async def main():
+        never = asyncio.Event()
+        bus.register(failing)
+        bus.register(gated(log, "a", never))
+        bus.register(fatal)
+        publishing = asyncio.ensure_future(bus.publish(Evt(1)))
+        if strategy == "sequential":  # the gated run waits: the publish is cancelled there
+            await settle()
+            assert log == [("a", "start", 1)]
+            never.set()
+        with pytest.raises(Fatal, match="stop"):
+            await within(publishing)
+        await within(bus.drain())
+        assert bus.pending == 0
+        never.set()
+        await settle()
+
+    run(main())
+    if strategy == "concurrent":  # the suspended run was stopped, on the bus's account
+        assert ("a", "end", 1) not in log
+    else:
+        assert log == [("a", "start", 1), ("a", "end", 1)]
+    # the failure seen before the BaseException is not lost
+    assert [(type(error), fn) for error, _, fn in errors.calls] == [(Flaky, failing)]
+
+
+def test_max_pending_room_left_unused_by_a_woken_publisher_passes_to_the_next():
+    """A publisher given room whose handlers need no task (they finish, or fail to bind,
+    at once) leaves it free: the next waiting publisher must get it, not wait forever."""
+    seen = []
+    bus = LocalEventBus(max_pending=1)
+
+    async def slow(event: Evt):
+        await settle()
+        seen.append(("slow", event.value))
+
+    def quick(event: Other):
+        seen.append(("quick", event.value))
+
+    bus.register(slow)
+    bus.register(quick)
+
+    async def main():
+        await bus.publish(Evt(0))  # holds the one place for a few turns
+        await within(asyncio.gather(bus.publish(Other(1)), bus.publish(Other(2)), bus.publish(Evt(3))))
+        await within(bus.drain())
+
+    run(main())
+    assert sorted(seen) == [("quick", 1), ("quick", 2), ("slow", 0), ("slow", 3)]
+
+
 def test_background_runs_survive_the_cancellation_of_their_publisher():
     log = []
     bus = LocalEventBus()
