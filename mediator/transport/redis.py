@@ -167,6 +167,7 @@ class RedisTransport(Transport):
         self._client: Optional[aioredis.Redis] = None
         self._claim_idle: Dict[str, float] = {}
         self._keys: Dict[Tuple[str, str], bytes] = {}
+        self._type_streams: Dict[str, bytes] = {}  # type string -> its family's stream key
         self._streams: Dict[str, List[bytes]] = {}  # group -> its streams' keys
         self._next_reclaim: Dict[str, float] = {}
         self._reclaim_from: Dict[Tuple[str, bytes], bytes] = {}
@@ -280,8 +281,13 @@ class RedisTransport(Transport):
             keys: List[bytes] = []
             index: Dict[bytes, bytes] = {}
             args: List[Any] = [self._maxlen_arg]
+            streams = self._type_streams
             for type, payload, key, headers, message_id in messages[start : start + _PUBLISH_BATCH]:
-                stream = self._key("s", type_family(type))
+                stream = streams.get(type)
+                if stream is None:
+                    stream = self._key("s", type_family(type))
+                    if len(streams) < 10_000:
+                        streams[type] = stream
                 position = index.get(stream)
                 if position is None:
                     keys.append(stream)
