@@ -103,9 +103,22 @@ _STARTS = (START_LATEST, START_EARLIEST)
 _NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,199}$")
 
 
+# Message ids come from os.urandom 256 at a time (one system call, not one per publish);
+# list.pop is atomic, so threads never share one, and a forked child drops the parent's.
+_ID_BATCH = 256
+_ids: List[str] = []
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_ids.clear)
+
+
 def new_message_id() -> str:
     """A fresh message id: 32 random hex digits (unique without coordination)."""
-    return os.urandom(16).hex()
+    try:
+        return _ids.pop()
+    except IndexError:
+        data = os.urandom(16 * _ID_BATCH).hex()
+        _ids.extend([data[i : i + 32] for i in range(32, len(data), 32)])
+        return data[:32]
 
 
 def type_family(type_string: str) -> str:
