@@ -21,8 +21,8 @@ _STOP = object()
 class Worker:
     """A thread running ``submit``-ted calls one at a time, in order."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, name: str) -> None:
-        self._loop = loop
+    def __init__(self, name: str) -> None:
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._calls: "SimpleQueue[Any]" = SimpleQueue()
         self._done: Deque[Tuple["asyncio.Future[Any]", Optional[BaseException], Any]] = deque()
         self._wake_pending = False
@@ -30,8 +30,15 @@ class Worker:
         self._thread.start()
 
     def submit(self, fn: Callable[..., T], *args: Any) -> "asyncio.Future[T]":
-        """Queue ``fn(*args)``; the returned future (of this loop) gets its result."""
-        future = self._loop.create_future()
+        """Queue ``fn(*args)``; the returned future (of the running loop) gets its result.
+
+        The results go to the loop of the latest call: a store opened under one
+        ``asyncio.run`` keeps working under the next (whose calls come after the last).
+        """
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._loop = loop
+        future = loop.create_future()
         self._calls.put((future, fn, args))
         return future
 
@@ -62,7 +69,7 @@ class Worker:
             if not self._wake_pending:
                 self._wake_pending = True
                 try:
-                    self._loop.call_soon_threadsafe(self._deliver)
+                    self._loop.call_soon_threadsafe(self._deliver)  # type: ignore[union-attr]
                 except RuntimeError:  # the loop is closed: nobody is waiting
                     done.clear()
                     self._wake_pending = False

@@ -306,13 +306,13 @@ class SQLiteEventStore(EventStore):
 
     async def _open(self) -> None:
         self._lock = asyncio.Lock()
-        self._write_thread = Worker(asyncio.get_running_loop(), "mediator-sqlite-writer")
+        self._write_thread = Worker("mediator-sqlite-writer")
         self._writer = await self._write(self._connect)
         await self._write(self._create_schema, self._writer)
         if self.path == ":memory:" or self.path.startswith("file::memory:"):
             self._read_thread, self._reader = self._write_thread, self._writer  # one database: one connection
         else:
-            self._read_thread = Worker(asyncio.get_running_loop(), "mediator-sqlite-reader")
+            self._read_thread = Worker("mediator-sqlite-reader")
             self._reader = await self._read(self._connect)
 
     def _create_schema(self, conn: sqlite3.Connection) -> None:
