@@ -1,8 +1,8 @@
 """``sqlite:///path.db``: the embedded event store (standard library ``sqlite3``).
 
 The database runs in WAL mode: readers never wait for the writer. Writes go through one
-connection owned by one thread (a single-thread executor, so statements run in the order
-they were sent, cancellation included) and one transaction at a time: an ``asyncio.Lock``
+connection owned by one thread (``_worker.Worker``: statements run in the order they
+were sent, cancellation included) and one transaction at a time: an ``asyncio.Lock``
 in the process, ``BEGIN IMMEDIATE`` (SQLite's write lock, waited for up to ``timeout``
 seconds) across processes. Positions are the table's rowid, assigned under that lock,
 so they increase in commit order and a reader never skips one. Reads use a second
@@ -17,11 +17,10 @@ import asyncio
 import json
 import sqlite3
 import time
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, TypeVar
 
 from mediator.codec import Codec
+from mediator.eventsourcing._worker import Worker
 from mediator.eventsourcing.errors import ConcurrencyError, EventStoreError
 from mediator.eventsourcing.store import (
     EventStore,
@@ -88,10 +87,12 @@ def _append_rows(
         return current, []
     now = time.time()
     rows = [(stream, current + i, e.id, e.type, e.data, e.metadata, now) for i, e in enumerate(events, 1)]
-    cursor = conn.executemany(_INSERT, rows)
-    last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
-    del cursor
     count = len(rows)
+    if count == 1:
+        last = conn.execute(_INSERT, rows[0]).lastrowid
+    else:
+        conn.executemany(_INSERT, rows)
+        last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
     # one writer at a time: the rowids of this statement are contiguous
     return current + count, list(range(last - count + 1, last + 1))
 
@@ -281,8 +282,8 @@ class SQLiteEventStore(EventStore):
         self.poll_interval = poll_interval
         self._writer: Any = None
         self._reader: Any = None
-        self._write_thread: Optional[ThreadPoolExecutor] = None
-        self._read_thread: Optional[ThreadPoolExecutor] = None
+        self._write_thread: Optional[Worker] = None
+        self._read_thread: Optional[Worker] = None
         self._lock: Any = None  # an asyncio.Lock, made in the loop (on 3.9 a Lock binds the loop it is made in)
 
     def __repr__(self) -> str:
@@ -291,10 +292,10 @@ class SQLiteEventStore(EventStore):
     # -- threads -------------------------------------------------------------------
 
     def _write(self, fn: Callable[..., T], *args: Any) -> "asyncio.Future[T]":
-        return asyncio.get_running_loop().run_in_executor(self._write_thread, partial(fn, *args))
+        return self._write_thread.submit(fn, *args)  # type: ignore[union-attr]
 
     def _read(self, fn: Callable[..., T], *args: Any) -> "asyncio.Future[T]":
-        return asyncio.get_running_loop().run_in_executor(self._read_thread, partial(fn, *args))
+        return self._read_thread.submit(fn, *args)  # type: ignore[union-attr]
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
@@ -305,13 +306,13 @@ class SQLiteEventStore(EventStore):
 
     async def _open(self) -> None:
         self._lock = asyncio.Lock()
-        self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="mediator-sqlite-writer")
+        self._write_thread = Worker("mediator-sqlite-writer")
         self._writer = await self._write(self._connect)
         await self._write(self._create_schema, self._writer)
         if self.path == ":memory:" or self.path.startswith("file::memory:"):
             self._read_thread, self._reader = self._write_thread, self._writer  # one database: one connection
         else:
-            self._read_thread = ThreadPoolExecutor(1, thread_name_prefix="mediator-sqlite-reader")
+            self._read_thread = Worker("mediator-sqlite-reader")
             self._reader = await self._read(self._connect)
 
     def _create_schema(self, conn: sqlite3.Connection) -> None:
@@ -336,7 +337,7 @@ class SQLiteEventStore(EventStore):
                 await self._write(self._writer.close)
         for thread in {self._write_thread, self._read_thread}:
             if thread is not None:
-                thread.shutdown(wait=False)
+                thread.shutdown()
 
     # -- writing -------------------------------------------------------------------
 

@@ -382,3 +382,21 @@ def test_the_sqlite_schema_is_created_on_first_use_and_reopens(tmp_path):
 
     run(main())
     assert (tmp_path / "deep.db").exists()
+
+
+def test_a_sqlite_store_opened_under_one_event_loop_works_under_the_next(tmp_path):
+    """Successive ``asyncio.run`` calls share one SQLite store: its threads answer the loop
+    that asks, not the one the store was opened in."""
+    store = open_store(f"sqlite:///{tmp_path}/loops.db")
+
+    async def first():
+        return await store.append("loops-1", [Deposited(1)], expected_version=0)
+
+    async def second():
+        version = await store.append("loops-1", [Deposited(2)], expected_version=1)
+        events = [e.event.amount async for e in store.read("loops-1")]
+        await store.close()
+        return version, events
+
+    assert run(first()) == 1
+    assert run(second()) == (2, [1, 2])
