@@ -155,13 +155,22 @@ def test_a_worker_killed_mid_flood_loses_nothing_and_duplicates_at_most_twice_it
 
         async def flood() -> None:
             async with connect(url) as transport:
-                for start in range(0, total, 200):
-                    await asyncio.gather(*(transport.publish(Job(n)) for n in range(start, start + 200)))
-                await wait_until(lambda: len(lines(first_out)) >= 1_500, 60, "the first worker to be mid-flood")
+
+                async def publish_all() -> None:
+                    for start in range(0, total, 200):
+                        await asyncio.gather(*(transport.publish(Job(n)) for n in range(start, start + 200)))
+
+                # the kill lands while the flood is still being published and consumed,
+                # however fast or slow this machine is
+                publishing = asyncio.ensure_future(publish_all())
+                try:
+                    await wait_until(lambda: len(lines(first_out)) >= 1_500, 60, "the first worker to be mid-flood")
+                    first.send_signal(signal.SIGKILL)
+                    first.wait()
+                finally:
+                    await publishing
 
         run_async(flood())
-        first.send_signal(signal.SIGKILL)
-        first.wait()
         handled_by_first = lines(first_out)
         assert len(set(handled_by_first)) < total, "the first worker finished before it was killed"
 

@@ -8,6 +8,7 @@ import asyncio
 import collections
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from typing import Any, Callable, List
@@ -57,12 +58,19 @@ def test_sigkill_mid_flood_then_another_worker_handles_every_event(url: str, wor
     concurrency = 64
     first = workers.start(
         url, "flood", "--concurrency", str(concurrency), "--start", "earliest", "--claim-idle", "1",
-        env={"PROC_DELAY": "0.002"},
+        env={"PROC_DELAY": "0.01"},  # at most 6,400 events/s: the kill lands mid-flood on any machine
     )
-    asyncio.run(publish_ticks(url, range(10_000)))
-    wait_for(lambda: sum(ticks(workers.lines()).values()) >= 2_000, 60, "2,000 events handled", [first])
-    first.send_signal(signal.SIGKILL)
-    assert first.wait(10) == -signal.SIGKILL
+    # The flood is published from a thread while the worker consumes it: the kill lands as soon
+    # as 2,000 are handled, however fast or slow this machine publishes.
+    flood = threading.Thread(target=lambda: asyncio.run(publish_ticks(url, range(10_000))))
+    flood.start()
+    try:
+        wait_for(lambda: sum(ticks(workers.lines()).values()) >= 2_000, 60, "2,000 events handled", [first])
+        first.send_signal(signal.SIGKILL)
+        assert first.wait(10) == -signal.SIGKILL
+    finally:
+        flood.join(120)
+    assert not flood.is_alive(), "the flood was not published within 120s"
     killed_at = sum(ticks(workers.lines()).values())
     assert killed_at < 10_000, "the worker must be killed in the middle of the flood"
 
