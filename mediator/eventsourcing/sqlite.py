@@ -17,7 +17,7 @@ import asyncio
 import json
 import sqlite3
 import time
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, TypeVar, cast
 
 from mediator.codec import Codec
 from mediator.eventsourcing._worker import Worker
@@ -89,7 +89,7 @@ def _append_rows(
     rows = [(stream, current + i, e.id, e.type, e.data, e.metadata, now) for i, e in enumerate(events, 1)]
     count = len(rows)
     if count == 1:
-        last = conn.execute(_INSERT, rows[0]).lastrowid
+        last = cast(int, conn.execute(_INSERT, rows[0]).lastrowid)  # an INSERT always sets it
     else:
         conn.executemany(_INSERT, rows)
         last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
